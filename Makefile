@@ -1,0 +1,41 @@
+# Two entry points, both from a fresh checkout: `make demo` and `make test`.
+# Everything else (venv, binaries built from source and cached by version) is prepared
+# on the way; set VNODE_CACHE_DIR to move the cache (default ~/.cache/vnode).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+
+.PHONY: demo test unit e2e bench binaries down clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+binaries: $(VENV)/.installed
+	$(PY) -m vnode cluster build
+
+demo: binaries
+	$(PY) -m vnode demo
+
+# pytest exits 5 when it collected no test: that must fail, not pass silently.
+test: binaries
+	$(PY) -m pytest -ra tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest -q tests/unit
+
+e2e: binaries
+	$(PY) -m pytest -ra tests/e2e
+
+bench: binaries
+	$(PY) bench/node.py
+
+down:
+	$(PY) -m vnode cluster down
+
+clean: down
+	rm -rf $(VENV) build *.egg-info

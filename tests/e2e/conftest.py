@@ -1,0 +1,128 @@
+"""Fixtures for the end-to-end tests: a real control plane built from source, the real
+kubectl, and vnode running as a separate process inside the node's network namespace.
+
+The cluster is session-scoped (starting it takes ~15 s); every process it starts is
+stopped by pid when the session ends, whether the tests passed or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vnode.cluster import pki
+from vnode.cluster.local import LocalCluster, write_kubeconfig
+from vnode.cluster.processes import Proc, stop
+
+NODE = "vnode-e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    if os.geteuid() != 0:
+        pytest.fail("the e2e tests need root to create the node's network namespace")
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), node_name=NODE)
+    try:
+        local.up()
+        yield local
+    finally:
+        local.down()
+
+
+def node_json(cluster: LocalCluster, name: str = NODE) -> dict:
+    return json.loads(cluster.kubectl("get", "node", name, "-o", "json").stdout)
+
+
+def condition(node: dict, kind: str) -> dict:
+    return next((c for c in node.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float, what: str, interval: float = 0.5) -> object:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as exc:  # noqa: BLE001 - keep polling; report the last error
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def node_ready(cluster: LocalCluster, name: str = NODE) -> bool:
+    proc = cluster.kubectl("get", "node", name, "-o", "json", check=False)
+    if proc.returncode != 0:
+        return False
+    return condition(json.loads(proc.stdout), "Ready").get("status") == "True"
+
+
+class Agents:
+    """Starts `vnode run` processes for a test and stops them by pid afterwards."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.started: list[Proc] = []
+
+    def credentials(self, name: str, **validity) -> Path:
+        """A node kubeconfig for `name` (system:node:<name>), signed by the cluster CA."""
+        state = self.cluster.state
+        assert state is not None
+        pki_dir = Path(state.directory) / "pki"
+        client, _ = pki.node_credentials(pki_dir, node_name=name, node_ip=state.host.ns_ip, **validity)
+        return write_kubeconfig(
+            state.node_kubeconfig(name), server=state.server, ca=pki_dir / "ca.crt", cert=client.cert, key=client.key,
+            user=f"system:node:{name}",
+        )
+
+    def start(self, *extra: str, name: str = NODE, env: dict[str, str] | None = None) -> Proc:
+        state = self.cluster.state
+        assert state is not None
+        if not state.node_kubeconfig(name).exists():
+            self.credentials(name)
+        proc = self.cluster.start_agent(*extra, node_name=name, env=env)
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        stop(proc)
+        self.cluster.forget(proc)
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            self.stop(proc)
+        self.started.clear()
+
+
+@pytest.fixture
+def agents(cluster: LocalCluster) -> Iterator[Agents]:
+    manager = Agents(cluster)
+    try:
+        yield manager
+    finally:
+        manager.stop_all()
+
+
+@pytest.fixture(scope="module")
+def joined(cluster: LocalCluster) -> Iterator[Proc]:
+    """The default node, joined and Ready, for the tests of one module."""
+    manager = Agents(cluster)
+    proc = manager.start()
+    try:
+        wait_for(lambda: node_ready(cluster), timeout=60, what=f"node {NODE} Ready")
+        yield proc
+    finally:
+        manager.stop_all()

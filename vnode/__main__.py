@@ -1,0 +1,5 @@
+import sys
+
+from vnode.cli import main
+
+sys.exit(main())

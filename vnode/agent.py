@@ -1,0 +1,102 @@
+"""The agent: owns every long-lived task of `vnode run` and shuts them down together.
+
+One asyncio TaskGroup is the single owner: a task that fails fatally (a refused Node
+takeover, say) cancels its siblings, and SIGTERM/SIGINT cancel the group, so nothing is
+left running behind a dead agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from vnode import __version__
+from vnode.config import Settings
+from vnode.node.client import KubeconfigError, connect
+from vnode.node.controller import NodeController
+from vnode.node.lease import LeaseController
+from vnode.node.registration import TakeoverRefused
+from vnode.node.status import NodeIdentity
+from vnode.provider.host import detect_host
+
+log = logging.getLogger("vnode.agent")
+
+EXIT_CONFIG = 2
+EXIT_REFUSED = 3
+
+
+def identity_from(settings: Settings) -> NodeIdentity:
+    return NodeIdentity(
+        name=settings.node_name,
+        host_ip=str(settings.host_ip),
+        kubelet_port=settings.kubelet_port,
+        max_pods=settings.max_pods,
+        register_taint=settings.register_taint,
+        memory_fraction=settings.memory_fraction,
+        extra_labels=dict(settings.labels),
+    )
+
+
+async def run_agent(settings: Settings) -> int:
+    """Run until signalled. Returns the process exit code."""
+    try:
+        api = await connect(settings.kubeconfig)
+    except KubeconfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    host = detect_host()
+    node = NodeController(
+        api=api,
+        host=host,
+        identity=identity_from(settings),
+        disk_path=str(settings.state_dir),
+        force=settings.force,
+        update_seconds=settings.node_status_update_seconds,
+        report_seconds=settings.node_status_report_seconds,
+    )
+    lease = LeaseController(api=api, node_name=settings.node_name, duration_seconds=settings.lease_duration_seconds)
+
+    async def heartbeat() -> None:
+        await node.registered.wait()
+        await lease.run(node_uid=node.node_uid)
+
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stopping.set()
+        if main is not None:
+            main.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    log.info(
+        "vnode %s starting: node %s, InternalIP %s, API server %s",
+        __version__, settings.node_name, settings.host_ip, api.configuration.host,
+    )
+    refused: list[BaseException] = []
+    try:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(node.run(), name="node-status")
+                tasks.create_task(heartbeat(), name="lease")
+        except* TakeoverRefused as group:
+            refused.extend(group.exceptions)
+    except asyncio.CancelledError:
+        if not stopping.is_set():
+            raise
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        with contextlib.suppress(Exception):
+            await api.close()
+    if refused:
+        log.error("%s", refused[0])
+        return EXIT_REFUSED
+    log.info("vnode stopped")
+    return 0

@@ -1,0 +1,149 @@
+"""`vnode run | demo | doctor | version | cluster up|down|status` — wiring only.
+
+Argument errors exit 2 with one line naming the flag (argparse's own convention);
+everything else is delegated to the agent or the local cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from vnode import __version__
+from vnode.config import Settings, SettingsError, flag_name, load_settings
+
+DEFAULT_CLUSTER_DIR = Path(os.environ.get("VNODE_CLUSTER_DIR", Path.home() / ".local" / "share" / "vnode" / "cluster"))
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="register this machine as a node and serve its pods")
+    fields = Settings.model_fields
+    run.add_argument("--config", type=Path, default=os.environ.get("VNODE_CONFIG"), help="YAML config file (VNODE_CONFIG)")
+    for name in ("kubeconfig", "node_name", "host_ip", "kubelet_port", "memory_fraction", "max_pods", "state_dir",
+                 "lease_duration_seconds", "node_status_update_seconds", "node_status_report_seconds",
+                 "log_format", "log_level"):
+        run.add_argument(flag_name(name), dest=name, default=None, help=fields[name].description)
+    run.add_argument("--label", dest="labels", action="append", type=_label, default=None, metavar="KEY=VALUE",
+                     help=fields["labels"].description)
+    run.add_argument("--register-taint", dest="register_taint", action=argparse.BooleanOptionalAction, default=None,
+                     help=fields["register_taint"].description + " (default: on)")
+    run.add_argument("--force", dest="force", action="store_true", default=None, help=fields["force"].description)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vnode", description="An Apple Silicon Mac as a Kubernetes node.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    sub.add_parser("version", help="print the version")
+    sub.add_parser("doctor", help="show what vnode sees on this machine")
+    demo = sub.add_parser("demo", help="start a local cluster, join this machine as a node, show it")
+    demo.add_argument("--dir", type=Path, default=DEFAULT_CLUSTER_DIR, help="cluster directory")
+    cluster = sub.add_parser("cluster", help="a local control plane built from source (no Docker)")
+    csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    csub.add_parser("build", help="build (or find cached) control-plane binaries and print where they are")
+    for action, text in (("up", "start it in the background"), ("down", "stop it"), ("status", "show it")):
+        p = csub.add_parser(action, help=text)
+        p.add_argument("--dir", type=Path, default=DEFAULT_CLUSTER_DIR, help="cluster directory")
+        if action == "up":
+            p.add_argument("--node-name", default="mac", help="name of the node the cluster expects")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(f"vnode {__version__}")
+        return 0
+    if args.command == "run":
+        return _run(parser, args)
+    if args.command == "doctor":
+        from vnode.doctor import doctor
+
+        return doctor()
+    if args.command == "demo":
+        from vnode.demo import demo
+
+        return demo(args.dir)
+    if args.command == "cluster":
+        return _cluster(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    if overrides.get("labels") is not None:
+        overrides["labels"] = dict(overrides["labels"])
+    try:
+        settings = load_settings(overrides, config_file=args.config)
+    except SettingsError as exc:
+        print(f"vnode run: error: {exc}", file=sys.stderr)
+        return 2
+    from vnode import log as vlog
+    from vnode.agent import run_agent
+
+    vlog.setup(fmt=settings.log_format, level=settings.log_level)
+    try:
+        return asyncio.run(run_agent(settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from vnode.cluster.build import BuildError
+    from vnode.cluster.local import ClusterError, ClusterState, LocalCluster
+    from vnode.cluster.netns import NetnsUnavailable
+
+    if args.cluster_command == "build":
+        from vnode.cluster.build import ensure_control_plane
+
+        try:
+            bins = ensure_control_plane()
+        except BuildError as exc:
+            print(f"vnode cluster build: {exc}", file=sys.stderr)
+            return 1
+        for name, path in vars(bins).items():
+            print(f"{name}: {path}")
+        return 0
+    if args.cluster_command == "status":
+        state = ClusterState.load(args.dir.resolve())
+        if state is None:
+            print(f"no cluster in {args.dir}")
+            return 1
+        cluster = LocalCluster(args.dir)
+        print(json.dumps({"running": cluster.running(), "server": state.server, "kubeconfig": state.admin_kubeconfig,
+                          "node": state.node_name, "node_ip": state.host.ns_ip, "netns": state.host.name}, indent=2))
+        return 0 if cluster.running() else 1
+    cluster = LocalCluster(args.dir, node_name=getattr(args, "node_name", "mac"))
+    if args.cluster_command == "down":
+        cluster.down()
+        print(f"cluster in {args.dir} stopped")
+        return 0
+    try:
+        state = cluster.up()
+    except (ClusterError, BuildError, NetnsUnavailable) as exc:
+        print(f"vnode cluster up: {exc}", file=sys.stderr)
+        return 1
+    print(f"cluster up: API server {state.server}")
+    print(f"admin kubeconfig: {state.admin_kubeconfig}")
+    print(f"node {state.node_name}: kubeconfig {state.node_kubeconfig()}, InternalIP {state.host.ns_ip} in netns {state.host.name}")
+    print(f"join it:  {' '.join(cluster.agent_command())}")
+    print(f"kubectl:  {state.kubectl} --kubeconfig {state.admin_kubeconfig} get nodes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

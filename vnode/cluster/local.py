@@ -1,0 +1,301 @@
+"""A local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+
+Flags are those of a production cluster (Node,RBAC authorization, NodeRestriction, the
+API server verifying the kubelet's serving certificate), so what passes here passes on a
+real cluster. The "Mac" is a network namespace (netns.py); the control plane listens on
+the root end of its veth pair. Everything started is recorded in `state.json` and
+stopped by pid in `down()`, also after a failed `up()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vnode.cluster import netns as netns_mod
+from vnode.cluster import pki, processes
+from vnode.cluster.build import Binaries, ensure_control_plane
+from vnode.cluster.processes import Proc
+
+SERVICE_CIDR = "198.19.0.0/16"
+SERVICE_IP = "198.19.0.1"
+NODE_MONITOR_GRACE = "20s"
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def write_kubeconfig(path: Path, *, server: str, ca: Path, cert: Path, key: Path, user: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "vnode-local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+        "contexts": [{"name": user, "context": {"cluster": "vnode-local", "user": user}}],
+        "current-context": user,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class ClusterState:
+    """What `down()` and later commands need; persisted as state.json in the cluster dir."""
+
+    directory: str
+    tag: str
+    server: str
+    apiserver_port: int
+    netns: dict
+    procs: list[dict]
+    node_name: str
+    kubectl: str
+    admin_kubeconfig: str
+
+    def save(self) -> None:
+        Path(self.directory, "state.json").write_text(json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> ClusterState | None:
+        path = directory / "state.json"
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+    @property
+    def host(self) -> netns_mod.HostNetns:
+        return netns_mod.HostNetns(**self.netns)
+
+    def node_kubeconfig(self, node_name: str | None = None) -> Path:
+        return Path(self.directory, "kubeconfig", f"node-{node_name or self.node_name}.yaml")
+
+
+class LocalCluster:
+    """Start, use and stop one local control plane rooted at `directory`."""
+
+    def __init__(self, directory: Path, *, node_name: str = "mac") -> None:
+        self.dir = directory.resolve()
+        self.node_name = node_name
+        self.state: ClusterState | None = ClusterState.load(self.dir)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def up(self, *, binaries: Binaries | None = None, timeout: float = 120.0) -> ClusterState:
+        if self.state and self.running():
+            return self.state
+        if self.state:
+            self.down()
+        netns_mod.check_available()
+        bins = binaries or ensure_control_plane()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tag = secrets.token_hex(3)
+        host = netns_mod.create(tag)
+        self.state = ClusterState(
+            directory=str(self.dir), tag=tag, server="", apiserver_port=0, netns=host.to_dict(), procs=[],
+            node_name=self.node_name, kubectl=str(bins.kubectl), admin_kubeconfig=str(self.dir / "kubeconfig" / "admin.yaml"),
+        )
+        self.state.save()
+        try:
+            self._start(bins, host, timeout=timeout)
+        except BaseException:
+            self.down()
+            raise
+        return self.state
+
+    def running(self) -> bool:
+        return bool(self.state and self.state.procs and all(Proc.from_dict(p).alive() for p in self.state.procs if p["name"] in CORE))
+
+    def down(self) -> None:
+        """Stop every process recorded (agents first), remove the namespace, keep logs."""
+        state = self.state or ClusterState.load(self.dir)
+        if state is None:
+            return
+        for record in reversed(state.procs):
+            processes.stop(Proc.from_dict(record))
+        netns_mod.destroy(state.host)
+        state.procs = []
+        state.save()
+        (self.dir / "state.json").unlink(missing_ok=True)
+        self.state = None
+
+    # -- the pieces ----------------------------------------------------------------------
+    def _start(self, bins: Binaries, host: netns_mod.HostNetns, *, timeout: float) -> None:
+        assert self.state is not None
+        pki_dir = self.dir / "pki"
+        certs = pki.make_cluster_pki(pki_dir, apiserver_ips=(host.root_ip,), service_ip=SERVICE_IP, metrics_ips=(host.root_ip,))
+        node_client, _ = pki.node_credentials(pki_dir, node_name=self.node_name, node_ip=host.ns_ip)
+        logs = self.dir / "logs"
+        etcd_port, peer_port = free_port("127.0.0.1"), free_port("127.0.0.1")
+        api_port = free_port(host.root_ip)
+        server = f"https://{host.root_ip}:{api_port}"
+        self.state.server, self.state.apiserver_port = server, api_port
+
+        kcfg = self.dir / "kubeconfig"
+        admin = write_kubeconfig(kcfg / "admin.yaml", server=server, ca=certs.ca.cert, cert=certs.admin.cert, key=certs.admin.key, user="kubernetes-admin")
+        cm_kcfg = write_kubeconfig(kcfg / "controller-manager.yaml", server=server, ca=certs.ca.cert, cert=certs.controller_manager.cert, key=certs.controller_manager.key, user="system:kube-controller-manager")
+        sched_kcfg = write_kubeconfig(kcfg / "scheduler.yaml", server=server, ca=certs.ca.cert, cert=certs.scheduler.cert, key=certs.scheduler.key, user="system:kube-scheduler")
+        write_kubeconfig(self.state.node_kubeconfig(), server=server, ca=certs.ca.cert, cert=node_client.cert, key=node_client.key, user=f"system:node:{self.node_name}")
+
+        self._spawn("etcd", [
+            str(bins.etcd), "--name", "default", "--data-dir", str(self.dir / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}", "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster", f"default=http://127.0.0.1:{peer_port}", "--unsafe-no-fsync", "--log-level", "warn",
+        ], logs)
+        self._spawn("kube-apiserver", [
+            str(bins.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            f"--bind-address={host.root_ip}", f"--advertise-address={host.root_ip}", f"--secure-port={api_port}",
+            f"--tls-cert-file={certs.apiserver.cert}", f"--tls-private-key-file={certs.apiserver.key}",
+            f"--client-ca-file={certs.ca.cert}",
+            f"--service-account-key-file={certs.service_account.cert}",
+            f"--service-account-signing-key-file={certs.service_account.key}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={certs.apiserver_kubelet_client.cert}",
+            f"--kubelet-client-key={certs.apiserver_kubelet_client.key}",
+            f"--kubelet-certificate-authority={certs.ca.cert}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--requestheader-client-ca-file={certs.front_proxy_ca.cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={certs.front_proxy_client.cert}",
+            f"--proxy-client-key-file={certs.front_proxy_client.key}",
+            "--enable-aggregator-routing=true",
+            "--profiling=false",
+            "--v=1",
+        ], logs)
+        self._wait_ready("kube-apiserver", f"{server}/readyz", certs, timeout=timeout)
+        self._spawn("kube-controller-manager", [
+            str(bins.kube_controller_manager),
+            f"--kubeconfig={cm_kcfg}", f"--authentication-kubeconfig={cm_kcfg}", f"--authorization-kubeconfig={cm_kcfg}",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port('127.0.0.1')}",
+            "--leader-elect=false", "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={certs.service_account.key}",
+            f"--root-ca-file={certs.ca.cert}",
+            f"--cluster-signing-cert-file={certs.ca.cert}", f"--cluster-signing-key-file={certs.ca.key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--node-monitor-grace-period={NODE_MONITOR_GRACE}", "--node-monitor-period=2s",
+            "--profiling=false", "--v=1",
+        ], logs)
+        self._spawn("kube-scheduler", [
+            str(bins.kube_scheduler),
+            f"--kubeconfig={sched_kcfg}", f"--authentication-kubeconfig={sched_kcfg}", f"--authorization-kubeconfig={sched_kcfg}",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port('127.0.0.1')}",
+            "--leader-elect=false", "--profiling=false", "--v=1",
+        ], logs)
+        self._wait_for_defaults(bins, admin, timeout=timeout)
+        self.state.save()
+
+    def _spawn(self, name: str, cmd: list[str], logs: Path) -> Proc:
+        assert self.state is not None
+        try:
+            proc = processes.start(name, cmd, log=logs / f"{name}.log")
+        except OSError as exc:
+            raise ClusterError(f"cannot start {name} ({cmd[0]}): {exc.strerror}") from None
+        self.state.procs.append(proc.to_dict())
+        self.state.save()
+        return proc
+
+    def _wait_ready(self, name: str, url: str, certs: pki.ClusterPKI, *, timeout: float) -> None:
+        ctx = ssl.create_default_context(cafile=str(certs.ca.cert))
+        ctx.load_cert_chain(str(certs.admin.cert), str(certs.admin.key))
+        proc = self._proc(name)
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise ClusterError(f"{name} exited during start-up; last lines of {proc.log}:\n{proc.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, context=ctx, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.25)
+        raise ClusterError(f"{name} not ready after {timeout:.0f}s ({last}); see {proc.log}")
+
+    def _wait_for_defaults(self, bins: Binaries, admin: Path, *, timeout: float) -> None:
+        """The default ServiceAccount and the kube-node-lease namespace exist: the
+        controller manager is working and a node can heartbeat."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ok = subprocess.run(
+                [str(bins.kubectl), f"--kubeconfig={admin}", "get", "serviceaccount/default", "namespace/kube-node-lease", "-o", "name"],
+                capture_output=True, text=True,
+            )
+            if ok.returncode == 0:
+                return
+            for name in ("kube-controller-manager", "kube-scheduler"):
+                proc = self._proc(name)
+                if not proc.alive():
+                    raise ClusterError(f"{name} exited during start-up; last lines of {proc.log}:\n{proc.log_tail()}")
+            time.sleep(0.5)
+        raise ClusterError(f"the controller manager did not create the default ServiceAccount within {timeout:.0f}s")
+
+    def _proc(self, name: str) -> Proc:
+        assert self.state is not None
+        return next(Proc.from_dict(p) for p in self.state.procs if p["name"] == name)
+
+    # -- for users and tests -------------------------------------------------------------
+    def kubectl(self, *args: str, kubeconfig: Path | None = None, check: bool = True, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
+        assert self.state is not None, "cluster is not up"
+        cmd = [self.state.kubectl, f"--kubeconfig={kubeconfig or self.state.admin_kubeconfig}", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise ClusterError(f"`kubectl {' '.join(args)}` failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def agent_command(self, *extra: str, node_name: str | None = None) -> list[str]:
+        """The command line of `vnode run` for this cluster's node, inside the node's namespace."""
+        assert self.state is not None
+        name = node_name or self.state.node_name
+        return [
+            *self.state.host.exec_prefix(), sys.executable, "-m", "vnode", "run",
+            f"--kubeconfig={self.state.node_kubeconfig(name)}", f"--node-name={name}",
+            f"--host-ip={self.state.host.ns_ip}", f"--state-dir={self.dir / 'agents' / name}", *extra,
+        ]
+
+    def start_agent(self, *extra: str, node_name: str | None = None, env: dict[str, str] | None = None) -> Proc:
+        """Start `vnode run` in the background and record it, so `down()` stops it too."""
+        assert self.state is not None
+        name = node_name or self.state.node_name
+        runs = len(list((self.dir / "logs").glob(f"vnode-{name}.*.log")))
+        log = self.dir / "logs" / f"vnode-{name}.{runs + 1}.log"
+        proc = processes.start(f"vnode-{name}", self.agent_command(*extra, node_name=name), log=log, env={**os.environ, **(env or {})})
+        self.state.procs.append(proc.to_dict())
+        self.state.save()
+        return proc
+
+    def forget(self, proc: Proc) -> None:
+        """Drop a stopped process from the record."""
+        assert self.state is not None
+        self.state.procs = [p for p in self.state.procs if p["pid"] != proc.pid]
+        self.state.save()
+
+
+CORE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")

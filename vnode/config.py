@@ -1,0 +1,173 @@
+"""Agent settings: one typed object built from flags, VNODE_* environment and a config file.
+
+Precedence is flags > environment > config file > defaults, so an operator can keep a
+launchd-managed file and still override one value on the command line. Validation errors
+are turned into one line that names the flag (see `SettingsError`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+ENV_PREFIX = "VNODE_"
+
+
+def default_node_name() -> str:
+    """The kubelet's default: the hostname, lowercased, first label kept whole."""
+    return socket.gethostname().lower()
+
+
+def default_state_dir() -> Path:
+    return Path.home() / ".local" / "state" / "vnode"
+
+
+class SettingsError(ValueError):
+    """A setting failed validation; the message names the flag and is fit for one line."""
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Reads the optional config file named by --config / VNODE_CONFIG (YAML or JSON)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is None:
+            return
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise SettingsError(f"--config: cannot read {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"--config: {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"--config: {path} must hold a mapping of settings")
+        self._data = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    """Everything `vnode run` needs. Field names map to flags (`--node-name`) and env
+    (`VNODE_NODE_NAME`)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    kubeconfig: Path = Field(description="kubeconfig with the node's own credentials (system:node:<name>)")
+    node_name: str = Field(default_factory=default_node_name, description="name of the Node object")
+    host_ip: ipaddress.IPv4Address | ipaddress.IPv6Address = Field(
+        description="InternalIP of the node; pods listen on it and the API server reaches the kubelet API on it"
+    )
+    kubelet_port: int = Field(default=10250, ge=1, le=65535, description="port of the kubelet API (daemonEndpoints)")
+    memory_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="share of unified memory offered as allocatable (default by size)"
+    )
+    max_pods: int = Field(default=110, ge=1, le=10000, description="pods capacity")
+    register_taint: bool = Field(default=True, description="register with the llmkube.dev/accelerator=metal:NoSchedule taint")
+    labels: dict[str, str] = Field(default_factory=dict, description="extra node labels (key=value)")
+    force: bool = Field(default=False, description="take over a Node of this name registered by another machine")
+    state_dir: Path = Field(default_factory=default_state_dir, description="where vnode keeps its state and model store")
+    lease_duration_seconds: int = Field(default=40, ge=10, le=3600, description="Lease duration; renewed every quarter")
+    node_status_update_seconds: float = Field(default=10, gt=0, le=300, description="how often status is computed")
+    node_status_report_seconds: float = Field(default=300, gt=0, le=3600, description="unchanged status still reported this often")
+    log_format: Literal["text", "json"] = Field(default="text", description="log lines as text or JSON")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+
+    @field_validator("node_name")
+    @classmethod
+    def _valid_node_name(cls, value: str) -> str:
+        if len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
+            raise ValueError(f"{value!r} is not a valid node name (lowercase DNS-1123 subdomain)")
+        return value
+
+    @field_validator("host_ip")
+    @classmethod
+    def _routable_host_ip(cls, value: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
+        if value.is_loopback or value.is_link_local or value.is_unspecified or value.is_multicast:
+            raise ValueError(f"{value} cannot be a node InternalIP: Endpoints reject loopback, link-local and unspecified addresses")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _valid_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key.startswith("node-role.kubernetes.io/"):
+                raise ValueError(f"label {key!r}: NodeRestriction forbids a node to set node-role.kubernetes.io/ labels")
+        return value
+
+    @property
+    def model_store(self) -> Path:
+        return self.state_dir / "models"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls, _CONFIG_FILE.get()))
+
+
+class _ConfigFileSlot:
+    """Carries the config-file path into `settings_customise_sources`, which pydantic
+    calls as a classmethod with no way to pass arguments."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+
+    def get(self) -> Path | None:
+        return self._path
+
+    def set(self, path: Path | None) -> None:
+        self._path = path
+
+
+_CONFIG_FILE = _ConfigFileSlot()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def load_settings(overrides: dict[str, Any], *, config_file: Path | None = None) -> Settings:
+    """Build settings from flag values (None = not given), environment and file.
+
+    Raises SettingsError with one line per bad setting, each naming its flag and env var.
+    """
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    _CONFIG_FILE.set(config_file)
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    finally:
+        _CONFIG_FILE.set(None)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        msg = err["msg"]
+        if err["type"] == "missing":
+            msg = "is required"
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"unknown setting {field!r} (config file or {ENV_PREFIX}* environment)")
+            continue
+        lines.append(f"{flag_name(field)} ({ENV_PREFIX}{field.upper()}): {msg}")
+    return "; ".join(lines)

@@ -1,0 +1,1 @@
+"""The kubelet-compatible HTTPS API (logs, exec, attach, port-forward, stats)."""

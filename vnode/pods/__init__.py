@@ -1,0 +1,1 @@
+"""Pod controller: watches the pods bound to this node and drives the provider."""

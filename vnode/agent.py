@@ -14,7 +14,7 @@ import signal
 
 from vnode import __version__
 from vnode.config import Settings
-from vnode.node.client import KubeconfigError, connect
+from vnode.kubeclient import KubeClient, KubeconfigError
 from vnode.node.controller import NodeController
 from vnode.node.lease import LeaseController
 from vnode.node.registration import TakeoverRefused
@@ -42,7 +42,7 @@ def identity_from(settings: Settings) -> NodeIdentity:
 async def run_agent(settings: Settings) -> int:
     """Run until signalled. Returns the process exit code."""
     try:
-        api = await connect(settings.kubeconfig)
+        api = KubeClient.from_kubeconfig(settings.kubeconfig)
     except KubeconfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -77,7 +77,7 @@ async def run_agent(settings: Settings) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     log.info(
         "vnode %s starting: node %s, InternalIP %s, API server %s",
-        __version__, settings.node_name, settings.host_ip, api.configuration.host,
+        __version__, settings.node_name, settings.host_ip, api.server,
     )
     refused: list[BaseException] = []
     try:

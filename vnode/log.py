@@ -50,6 +50,6 @@ def setup(*, fmt: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The Kubernetes client and aiohttp are chatty at debug; keep them at warning.
-    for noisy in ("kubernetes_asyncio", "aiohttp", "urllib3", "asyncio"):
+    # aiohttp and asyncio are chatty at debug; keep them at warning.
+    for noisy in ("aiohttp", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -8,58 +8,25 @@ jittered exponential `Backoff`, never a traceback loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import ssl
-from pathlib import Path
 
 import aiohttp
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio.client.exceptions import ApiException
 
-REQUEST_TIMEOUT = 15.0
-
-
-class KubeconfigError(ValueError):
-    """The kubeconfig cannot be used at all (missing, unreadable, malformed)."""
-
-
-async def connect(kubeconfig: Path) -> k8s.ApiClient:
-    """An ApiClient for the kubeconfig's current context."""
-    if not kubeconfig.is_file():
-        raise KubeconfigError(f"--kubeconfig: {kubeconfig} does not exist or is not a file")
-    configuration = k8s.Configuration()
-    try:
-        await k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    except (k8s_config.ConfigException, OSError, ValueError) as exc:
-        raise KubeconfigError(f"--kubeconfig: {kubeconfig} cannot be used: {exc}") from None
-    return k8s.ApiClient(configuration)
-
-
-def server_of(api: k8s.ApiClient) -> str:
-    return str(api.configuration.host)
-
-
-def api_status_message(exc: ApiException) -> str:
-    """The `message` of the Status body the API server sent, if any."""
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason or "")
-    except (ValueError, AttributeError):
-        return str(exc.reason or "")
+from vnode.kubeclient import REQUEST_TIMEOUT, ApiError
 
 
 def explain(exc: BaseException, *, server: str) -> str:
     """One sentence a person can act on, for any error talking to the API server."""
-    if isinstance(exc, ApiException):
+    if isinstance(exc, ApiError):
         if exc.status == 401:
             return (
                 f"the API server at {server} rejected the node's credentials (401 Unauthorized): "
                 "the client certificate or token in the kubeconfig is expired, revoked or not signed by the cluster CA"
             )
         if exc.status == 403:
-            return f"forbidden by the API server (403): {api_status_message(exc)}"
-        return f"API server answered {exc.status} {exc.reason}: {api_status_message(exc)}"
+            return f"forbidden by the API server (403): {exc.message}"
+        return f"API server answered {exc.status} {exc.reason}: {exc.message}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return f"TLS verification of the API server at {server} failed: {exc.certificate_error}"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -74,8 +41,8 @@ def explain(exc: BaseException, *, server: str) -> str:
 def is_transient(exc: BaseException) -> bool:
     """Errors worth retrying: network trouble, timeouts, 5xx, 429, and 401 (credentials
     may be rotated underneath us). 4xx other than those mean our request is wrong."""
-    if isinstance(exc, ApiException):
-        return exc.status is None or exc.status >= 500 or exc.status in (401, 408, 429)
+    if isinstance(exc, ApiError):
+        return exc.status >= 500 or exc.status in (401, 408, 429)
     return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ssl.SSLError, OSError))
 
 

@@ -13,9 +13,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from kubernetes_asyncio import client as k8s
-
-from vnode.node.client import REQUEST_TIMEOUT, Backoff, Outage, explain, is_transient, server_of
+from vnode.kubeclient import KubeClient
+from vnode.node.client import Backoff, Outage, explain, is_transient
 from vnode.node.registration import TakeoverRefused, register
 from vnode.node.status import NodeIdentity, node_status, status_fingerprint
 from vnode.provider.host import Host, HostCommandError, HostFacts
@@ -29,7 +28,7 @@ class NodeController:
     def __init__(
         self,
         *,
-        api: k8s.ApiClient,
+        api: KubeClient,
         host: Host,
         identity: NodeIdentity,
         disk_path: str,
@@ -38,8 +37,8 @@ class NodeController:
         report_seconds: float,
         readiness_problems: Callable[[], list[str]] = list,
     ) -> None:
-        self._core = k8s.CoreV1Api(api)
-        self._server = server_of(api)
+        self._api = api
+        self._server = api.server
         self._host = host
         self._identity = identity
         self._disk_path = disk_path
@@ -77,7 +76,7 @@ class NodeController:
         backoff = Backoff(initial=0.5, cap=30.0)
         while True:
             try:
-                node = await register(self._core, self._identity, facts, force=self._force)
+                node = await register(self._api, self._identity, facts, force=self._force)
                 outage.recovered()
                 return node
             except TakeoverRefused:
@@ -110,7 +109,7 @@ class NodeController:
         due = time.monotonic() - self._reported_at >= self._report_seconds
         if fingerprint == self._reported and not due:
             return False
-        await self._core.patch_node_status(self._identity.name, {"status": status}, _request_timeout=REQUEST_TIMEOUT)
+        await self._api.patch(f"/api/v1/nodes/{self._identity.name}/status", {"status": status})
         if self._reported is not None and fingerprint != self._reported:
             changes = [f"{c['type']}={c['status']}" for c in status["conditions"]]
             log.info("node status changed: %s", ", ".join(changes))

@@ -11,14 +11,13 @@ import asyncio
 import datetime as dt
 import logging
 
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from vnode.node.client import REQUEST_TIMEOUT, Backoff, Outage, explain, server_of
+from vnode.kubeclient import ApiError, KubeClient
+from vnode.node.client import Backoff, Outage, explain
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "kube-node-lease"
+LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
 
 
 def micro_time(moment: dt.datetime) -> str:
@@ -44,9 +43,9 @@ def lease_body(*, node_name: str, node_uid: str | None, duration: int, now: dt.d
 class LeaseController:
     """Owns the node's Lease."""
 
-    def __init__(self, *, api: k8s.ApiClient, node_name: str, duration_seconds: int) -> None:
-        self._coord = k8s.CoordinationV1Api(api)
-        self._server = server_of(api)
+    def __init__(self, *, api: KubeClient, node_name: str, duration_seconds: int) -> None:
+        self._api = api
+        self._server = api.server
         self._node = node_name
         self._duration = duration_seconds
         self.renew_interval = duration_seconds / 4
@@ -83,8 +82,8 @@ class LeaseController:
                 node_name=self._node, node_uid=node_uid, duration=self._duration, now=now,
                 resource_version=self._resource_version,
             )
-            written = await self._coord.replace_namespaced_lease(self._node, NAMESPACE, body, _request_timeout=REQUEST_TIMEOUT)
-            self._resource_version = written.metadata.resource_version
+            written = await self._api.replace(f"{LEASES}/{self._node}", body)
+            self._resource_version = written["metadata"]["resourceVersion"]
             self.renewals += 1
         except BaseException:
             self._resource_version = None
@@ -93,12 +92,12 @@ class LeaseController:
     async def _read_or_create(self, *, node_uid: str | None, now: dt.datetime) -> tuple[str, bool]:
         """The current resourceVersion, and whether we just created the Lease (then it is renewed)."""
         try:
-            current = await self._coord.read_namespaced_lease(self._node, NAMESPACE, _request_timeout=REQUEST_TIMEOUT)
-            return current.metadata.resource_version, False
-        except ApiException as exc:
+            current = await self._api.get(f"{LEASES}/{self._node}")
+            return current["metadata"]["resourceVersion"], False
+        except ApiError as exc:
             if exc.status != 404:
                 raise
         body = lease_body(node_name=self._node, node_uid=node_uid, duration=self._duration, now=now)
-        created = await self._coord.create_namespaced_lease(NAMESPACE, body, _request_timeout=REQUEST_TIMEOUT)
+        created = await self._api.create(LEASES, body)
         log.info("created lease %s/%s", NAMESPACE, self._node)
-        return created.metadata.resource_version, True
+        return created["metadata"]["resourceVersion"], True

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from vnode.node.client import REQUEST_TIMEOUT
+from vnode.kubeclient import ApiError, KubeClient
 from vnode.node.status import MACHINE_ID_ANNOTATION, NodeIdentity, labels, new_node
 from vnode.provider.host import HostFacts
 
@@ -34,19 +31,17 @@ def label_patch(existing: dict, wanted: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
-async def register(core: k8s.CoreV1Api, identity: NodeIdentity, facts: HostFacts, *, force: bool) -> dict:
-    """Create the Node, or reconcile and adopt an existing one. Returns the Node as a dict."""
+async def register(api: KubeClient, identity: NodeIdentity, facts: HostFacts, *, force: bool) -> dict:
+    """Create the Node, or reconcile and adopt an existing one. Returns the Node."""
     body = new_node(identity, facts)
     try:
-        created = await core.create_node(body, _request_timeout=REQUEST_TIMEOUT)
+        created = await api.create("/api/v1/nodes", body)
         log.info("registered node %s", identity.name, extra={"node": identity.name})
-        return core.api_client.sanitize_for_serialization(created)
-    except ApiException as exc:
+        return created
+    except ApiError as exc:
         if exc.status != 409:
             raise
-    existing = core.api_client.sanitize_for_serialization(
-        await core.read_node(identity.name, _request_timeout=REQUEST_TIMEOUT)
-    )
+    existing = await api.get(f"/api/v1/nodes/{identity.name}")
     owner = owner_machine_id(existing)
     if owner and owner != facts.machine_id:
         if not force:
@@ -62,8 +57,6 @@ async def register(core: k8s.CoreV1Api, identity: NodeIdentity, facts: HostFacts
     if owner != facts.machine_id:
         patch["metadata"]["annotations"] = {MACHINE_ID_ANNOTATION: facts.machine_id}
     if patch["metadata"]:
-        existing = core.api_client.sanitize_for_serialization(
-            await core.patch_node(identity.name, patch, _request_timeout=REQUEST_TIMEOUT)
-        )
+        existing = await api.patch(f"/api/v1/nodes/{identity.name}", patch)
     log.info("adopted existing node %s", identity.name, extra={"node": identity.name})
     return existing

@@ -1,6 +1,6 @@
 import asyncio
 
-from kubernetes_asyncio.client.exceptions import ApiException
+from vnode.kubeclient import ApiError
 
 from vnode.node.client import Backoff, explain, is_transient
 
@@ -14,12 +14,12 @@ def test_backoff_grows_to_cap_and_resets():
 
 
 def test_explain_401_names_credentials():
-    exc = ApiException(status=401, reason="Unauthorized")
+    exc = ApiError(401, "Unauthorized", "Unauthorized")
     assert "credentials" in explain(exc, server="https://x:1") and "expired" in explain(exc, server="https://x:1")
     assert is_transient(exc)
 
 
 def test_4xx_is_not_transient_but_timeouts_are():
-    assert not is_transient(ApiException(status=422, reason="Invalid"))
-    assert is_transient(ApiException(status=503, reason="Unavailable"))
+    assert not is_transient(ApiError(422, "Invalid", "spec is invalid"))
+    assert is_transient(ApiError(503, "ServiceUnavailable", "etcd is down"))
     assert is_transient(asyncio.TimeoutError())

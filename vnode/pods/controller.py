@@ -1,0 +1,124 @@
+"""The pod controller: watches the pods bound to this node and gives each a worker.
+
+It lists and watches only `fieldSelector=spec.nodeName=<node>` (all NodeRestriction
+allows), relists on 410 Gone or any broken watch, and hands every event to the pod's
+worker without waiting on it, so a slow model download never stalls the watch. On start
+it adopts the servers an earlier agent left running and stops those whose pod is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from vnode.kubeclient import ApiError
+from vnode.node.client import Backoff, Outage, explain
+from vnode.pods.worker import PodContext, PodWorker
+from vnode.provider.supervisor import Instance
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("Succeeded", "Failed")
+ORPHAN_GRACE = 30.0
+
+
+class PodController:
+    def __init__(self, ctx: PodContext) -> None:
+        self.ctx = ctx
+        self.workers: dict[str, PodWorker] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._adopted: dict[str, dict[str, Instance]] = {}
+        self.synced = asyncio.Event()
+        self._path = "/api/v1/pods"
+        self._selector = f"spec.nodeName={ctx.node_name}"
+
+    async def run(self) -> None:
+        for inst in self.ctx.supervisor.adopt():
+            self._adopted.setdefault(inst.pod_uid, {})[inst.container] = inst
+        if self._adopted:
+            log.info("found %d pod(s) from an earlier agent", len(self._adopted))
+        outage = Outage(log, "watching pods")
+        backoff = Backoff(initial=0.5, cap=30.0)
+        try:
+            while True:
+                try:
+                    version = await self._relist()
+                    outage.recovered()
+                    backoff.reset()
+                    await self._watch(version)
+                except ApiError as exc:
+                    if exc.status == 410:
+                        log.debug("pod watch expired; listing again")
+                        continue
+                    delay = backoff.next_delay()
+                    outage.failed(explain(exc, server=self.ctx.api.server), retry_in=delay)
+                    await asyncio.sleep(delay)
+                except Exception as exc:  # noqa: BLE001 - network trouble: list again after a pause
+                    delay = backoff.next_delay()
+                    outage.failed(explain(exc, server=self.ctx.api.server), retry_in=delay)
+                    await asyncio.sleep(delay)
+        finally:
+            # Agent shutdown: workers stop watching, servers keep running for the next agent.
+            for task in self._tasks.values():
+                task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _relist(self) -> str:
+        listing = await self.ctx.api.get(self._path, fieldSelector=self._selector)
+        pods = {p["metadata"]["uid"]: p for p in listing.get("items") or []}
+        for uid, pod in pods.items():
+            self.dispatch(pod)
+        for uid in list(self.workers):
+            if uid not in pods:
+                self.workers[uid].object_deleted()
+        if not self.synced.is_set():
+            await self._stop_orphans(set(pods))
+            self.synced.set()
+        return listing["metadata"]["resourceVersion"]
+
+    async def _watch(self, version: str) -> None:
+        async for event in self.ctx.api.watch(self._path, fieldSelector=self._selector, resourceVersion=version):
+            kind, pod = event.get("type"), event.get("object") or {}
+            if kind == "BOOKMARK":
+                continue
+            if kind == "DELETED":
+                worker = self.workers.get(pod["metadata"]["uid"])
+                if worker is not None:
+                    worker.object_deleted()
+                continue
+            self.dispatch(pod)
+
+    def dispatch(self, pod: dict) -> None:
+        uid = pod["metadata"]["uid"]
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.update(pod)
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in TERMINAL and not pod["metadata"].get("deletionTimestamp"):
+            return  # finished before; nothing runs, nothing to do until it is deleted
+        worker = PodWorker(self.ctx, pod, adopted=self._adopted.pop(uid, None), terminal=phase in TERMINAL)
+        worker.update(pod)
+        self.workers[uid] = worker
+        task = asyncio.create_task(self._run_worker(worker), name=f"pod {worker.ref}")
+        self._tasks[uid] = task
+
+    async def _run_worker(self, worker: PodWorker) -> None:
+        try:
+            await worker.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker of pod %s failed", worker.ref)
+        finally:
+            self.workers.pop(worker.uid, None)
+            self._tasks.pop(worker.uid, None)
+
+    async def _stop_orphans(self, live: set[str]) -> None:
+        """Servers an earlier agent started for pods that no longer exist: stop them."""
+        for uid in [u for u in self._adopted if u not in live]:
+            for inst in self._adopted.pop(uid).values():
+                if self.ctx.supervisor.alive(inst):
+                    log.info("stopping orphaned server of deleted pod %s/%s (pid %d)", inst.namespace, inst.pod_name, inst.shim_pid)
+                    await self.ctx.supervisor.stop(inst, grace=ORPHAN_GRACE)
+            await self.ctx.supervisor.remove_pod(uid)

@@ -1,0 +1,182 @@
+"""Startup, readiness and liveness probes, run with the kubelet's semantics.
+
+initialDelaySeconds, periodSeconds, timeoutSeconds, successThreshold and
+failureThreshold mean what they mean on any node; readiness and liveness wait for the
+startup probe. httpGet and tcpSocket are supported. exec probes would let anyone who can
+create a pod run a command on the Mac, so they are refused unless the operator enables
+them (--allow-exec-probes); grpc is not supported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from vnode.provider.spec import ContainerIn, Probe
+
+log = logging.getLogger(__name__)
+
+
+class ProbeSpecError(Exception):
+    reason = "InvalidProbe"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def resolve_port(port: object, container: ContainerIn) -> int:
+    if isinstance(port, int):
+        return port
+    if isinstance(port, str) and port.isdigit():
+        return int(port)
+    for p in container.ports:
+        if p.name == port:
+            return p.container_port
+    raise ProbeSpecError(f"probe port {port!r} is not a number and no containerPort is named so")
+
+
+def validate_probes(container: ContainerIn, *, allow_exec: bool) -> None:
+    """Refuse probes vnode cannot run, before the container starts."""
+    for kind, probe in (("startup", container.startup_probe), ("readiness", container.readiness_probe), ("liveness", container.liveness_probe)):
+        if probe is None:
+            continue
+        handlers = [h for h in ("http_get", "tcp_socket", "exec", "grpc") if getattr(probe, h) is not None]
+        if len(handlers) != 1:
+            raise ProbeSpecError(f"{kind}Probe of container {container.name} must have exactly one handler (httpGet, tcpSocket)")
+        if probe.exec is not None and not allow_exec:
+            raise ProbeSpecError(
+                f"{kind}Probe of container {container.name} uses exec, which would run a command on the Mac node; "
+                "use httpGet (llama-server: path /health) or tcpSocket, or ask the operator for --allow-exec-probes"
+            )
+        if probe.grpc is not None:
+            raise ProbeSpecError(f"{kind}Probe of container {container.name}: grpc probes are not supported; use httpGet /health")
+        if probe.period_seconds < 1 or probe.timeout_seconds < 1 or probe.failure_threshold < 1 or probe.success_threshold < 1:
+            raise ProbeSpecError(f"{kind}Probe of container {container.name}: periodSeconds, timeoutSeconds and thresholds must be >= 1")
+        if probe.http_get is not None:
+            resolve_port(probe.http_get.get("port"), container)
+        if probe.tcp_socket is not None:
+            resolve_port(probe.tcp_socket.get("port"), container)
+
+
+async def probe_once(
+    probe: Probe, *, container: ContainerIn, host: str, session: aiohttp.ClientSession,
+    run_exec: Callable[[list[str], float], Awaitable[tuple[int, str]]] | None = None,
+) -> tuple[bool, str]:
+    """(success, detail) of one probe attempt."""
+    timeout = float(probe.timeout_seconds)
+    try:
+        if probe.http_get is not None:
+            spec = probe.http_get
+            port = resolve_port(spec.get("port"), container)
+            scheme = (spec.get("scheme") or "HTTP").lower()
+            target = spec.get("host") or host
+            path = spec.get("path") or "/"
+            headers = {h["name"]: h["value"] for h in spec.get("httpHeaders") or []}
+            url = f"{scheme}://{target}:{port}{path if path.startswith('/') else '/' + path}"
+            async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), ssl=False, allow_redirects=False) as resp:
+                await resp.read()
+                if 200 <= resp.status < 400:
+                    return True, ""
+                return False, f"HTTP probe failed with statuscode: {resp.status}"
+        if probe.tcp_socket is not None:
+            port = resolve_port(probe.tcp_socket.get("port"), container)
+            target = probe.tcp_socket.get("host") or host
+            _, writer = await asyncio.wait_for(asyncio.open_connection(target, port), timeout)
+            writer.close()
+            await writer.wait_closed()
+            return True, ""
+        if probe.exec is not None and run_exec is not None:
+            code, out = await run_exec(list(probe.exec.get("command") or []), timeout)
+            return code == 0, "" if code == 0 else f"command exited {code}: {out[-200:]}"
+    except TimeoutError:
+        return False, f"probe timed out after {timeout:.0f}s"
+    except (aiohttp.ClientError, OSError) as exc:
+        return False, f"probe failed: {exc}"
+    return False, "unsupported probe"
+
+
+class ContainerProber:
+    """The three probes of one running container instance."""
+
+    def __init__(
+        self, container: ContainerIn, *, host: str, session: aiohttp.ClientSession,
+        on_change: Callable[[], None], on_unhealthy: Callable[[str, str], Awaitable[None]],
+    ) -> None:
+        self.container, self.host, self.session = container, host, session
+        self._on_change, self._on_unhealthy = on_change, on_unhealthy
+        self.started = container.startup_probe is None
+        self.ready = container.readiness_probe is None
+        self.failed = asyncio.Event()  # startup or liveness gave up: restart the container
+        self.failure = ""
+
+    async def run(self) -> None:
+        c = self.container
+        if c.startup_probe is not None:
+            if not await self._until(c.startup_probe, "Startup", want=True):
+                return
+            self.started = True
+            self._on_change()
+        loops = []
+        if c.readiness_probe is not None:
+            loops.append(self._readiness(c.readiness_probe))
+        if c.liveness_probe is not None:
+            loops.append(self._liveness(c.liveness_probe))
+        if not loops:
+            self._on_change()
+            return
+        await asyncio.gather(*loops)
+
+    async def _attempt(self, probe: Probe) -> tuple[bool, str]:
+        return await probe_once(probe, container=self.container, host=self.host, session=self.session)
+
+    async def _until(self, probe: Probe, kind: str, *, want: bool) -> bool:
+        """Startup: probe until success (True) or failureThreshold failures (False)."""
+        await asyncio.sleep(probe.initial_delay_seconds)
+        failures = 0
+        while True:
+            ok, detail = await self._attempt(probe)
+            if ok:
+                return True
+            failures += 1
+            if failures >= probe.failure_threshold:
+                self.failure = f"{kind} probe failed: {detail}"
+                await self._on_unhealthy(kind, detail)
+                self.failed.set()
+                return False
+            await asyncio.sleep(probe.period_seconds)
+
+    async def _readiness(self, probe: Probe) -> None:
+        await asyncio.sleep(probe.initial_delay_seconds)
+        successes = failures = 0
+        while True:
+            ok, detail = await self._attempt(probe)
+            if ok:
+                successes, failures = successes + 1, 0
+                if not self.ready and successes >= probe.success_threshold:
+                    self.ready = True
+                    self._on_change()
+            else:
+                successes, failures = 0, failures + 1
+                if self.ready and failures >= probe.failure_threshold:
+                    self.ready = False
+                    self._on_change()
+                if failures == probe.failure_threshold:
+                    await self._on_unhealthy("Readiness", detail)
+            await asyncio.sleep(probe.period_seconds)
+
+    async def _liveness(self, probe: Probe) -> None:
+        await asyncio.sleep(probe.initial_delay_seconds)
+        failures = 0
+        while True:
+            ok, detail = await self._attempt(probe)
+            failures = 0 if ok else failures + 1
+            if failures >= probe.failure_threshold:
+                self.failure = f"Liveness probe failed: {detail}"
+                await self._on_unhealthy("Liveness", detail)
+                self.failed.set()
+                return
+            await asyncio.sleep(probe.period_seconds)

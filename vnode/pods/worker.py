@@ -1,0 +1,420 @@
+"""One worker per pod: from a bound Pod to running servers, and back to nothing.
+
+A PodWorker owns its pod's containers (one ContainerRunner each) and is the only code
+that starts or stops them. A container goes: translate -> environment -> model in the
+store -> memory estimate and admission -> start (or adopt after an agent restart) ->
+probes -> exit -> restart by restartPolicy with the kubelet's back-off. Every decision a
+user may ask about leaves a container state reason, a message and an Event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from pydantic import ValidationError
+
+from vnode.kubeclient import ApiError, KubeClient
+from vnode.pods.admission import AdmissionError, MemoryBudget, PortRegistry
+from vnode.pods.env import EnvError, EnvResolver
+from vnode.pods.events import EventRecorder
+from vnode.pods.prober import ContainerProber, ProbeSpecError, validate_probes
+from vnode.pods.status import ContainerView, StatusManager, now_rfc3339, pod_status
+from vnode.provider.estimate import EstimateError, estimate_in_subprocess
+from vnode.provider.models import ModelError, ModelStore
+from vnode.provider.spec import ContainerIn, LaunchSpec, PodSpecIn
+from vnode.provider.supervisor import ExitInfo, Instance, Supervisor
+from vnode.provider.translate import RuntimeTable, TranslateError, translate
+
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL = 10.0
+BACKOFF_MAX = 300.0
+BACKOFF_RESET_AFTER = 600.0  # a container that ran this long restarts without back-off
+MODEL_RETRY_MAX = 300.0
+
+
+@dataclass
+class PodContext:
+    """Everything a worker needs from the agent, passed down once."""
+
+    api: KubeClient
+    node_name: str
+    pod_ip: str
+    status: StatusManager
+    events: EventRecorder
+    supervisor: Supervisor
+    models: ModelStore
+    runtime: RuntimeTable
+    budget: MemoryBudget
+    ports: PortRegistry
+    env: EnvResolver
+    http: aiohttp.ClientSession
+    model_store: Path
+    allow_exec_probes: bool = False
+
+
+class ContainerFailed(Exception):
+    """The container cannot start as specified; it waits with this reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+class PodWorker:
+    def __init__(self, ctx: PodContext, pod: dict, *, adopted: dict[str, Instance] | None = None, terminal: bool = False) -> None:
+        self.ctx = ctx
+        self.pod = pod
+        self.uid: str = pod["metadata"]["uid"]
+        self.ref = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+        self.adopted = adopted or {}
+        self.failed: tuple[str, str] | None = None
+        self.views: dict[str, ContainerView] = {}
+        self.runners: dict[str, ContainerRunner] = {}
+        self.deleting = asyncio.Event()
+        self.gone = False  # the Pod object no longer exists
+        self.done = asyncio.Event()
+        self.terminal = terminal  # finished before this agent saw it: only the deletion is left
+        status = pod.get("status") or {}
+        self.start_time = status.get("startTime") or now_rfc3339()
+
+    # -- from the controller -------------------------------------------------------------
+    def update(self, pod: dict) -> None:
+        self.pod = pod
+        if pod["metadata"].get("deletionTimestamp"):
+            self.deleting.set()
+
+    def object_deleted(self) -> None:
+        self.gone = True
+        self.deleting.set()
+
+    # -- status --------------------------------------------------------------------------
+    def publish(self) -> None:
+        if self.gone:
+            return
+        views = [self.views[c] for c in self.views]
+        self.ctx.status.set(self.pod, pod_status(self.pod, views, pod_ip=self.ctx.pod_ip, start_time=self.start_time, failed=self.failed))
+
+    async def event(self, kind: str, reason: str, message: str, *, container: str | None = None) -> None:
+        if not self.gone:
+            field = f"spec.containers{{{container}}}" if container else None
+            await self.ctx.events.pod_event(self.pod, kind=kind, reason=reason, message=message, field_path=field)
+
+    # -- the pod's life ------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            await self._live()
+        finally:
+            self.done.set()
+
+    async def _live(self) -> None:
+        if self.terminal:
+            await self.deleting.wait()
+            await self._finish([], keep_status=True)
+            return
+        try:
+            spec = PodSpecIn.model_validate(self.pod["spec"])
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            self.failed = ("InvalidPodSpec", f"vnode cannot run this pod: {'.'.join(map(str, first['loc']))}: {first['msg']}")
+            self.publish()
+            await self.event("Warning", "InvalidPodSpec", self.failed[1])
+            await self.deleting.wait()
+            await self._finish([])
+            return
+        previous = {c["name"]: c for c in (self.pod.get("status") or {}).get("containerStatuses") or []}
+        for container in spec.containers:
+            view = ContainerView(name=container.name, image=container.image)
+            if container.name in previous:
+                view.restart_count = int(previous[container.name].get("restartCount") or 0)
+                view.last_state = previous[container.name].get("lastState") or {}
+            self.views[container.name] = view
+        if spec.init_containers:
+            self.failed = ("UnsupportedInitContainers", "initContainers are not supported on the Mac node yet; "
+                           "fetch models with -hf or a hostPath volume under the model store instead")
+        self.publish()
+        if self.failed:
+            await self.event("Warning", self.failed[0], self.failed[1])
+            await self.deleting.wait()
+            await self._finish([])
+            return
+        for container in spec.containers:
+            self.runners[container.name] = ContainerRunner(self, spec, container, adopted=self.adopted.get(container.name))
+        tasks = [asyncio.create_task(r.run(), name=f"container {self.ref}/{n}") for n, r in self.runners.items()]
+        deleting = asyncio.create_task(self.deleting.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait([deleting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                if deleting in done:
+                    break
+                if self.failed or all(t.done() for t in tasks):
+                    # Admission failed, or every container ended for good: stay until deleted.
+                    for t in tasks:
+                        t.cancel()
+                    await self.deleting.wait()
+                    break
+                tasks = [t for t in tasks if not t.done()]
+        finally:
+            deleting.cancel()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._finish(list(self.runners.values()), grace=self._grace(spec))
+
+    def _grace(self, spec: PodSpecIn) -> float:
+        meta = self.pod["metadata"]
+        grace = meta.get("deletionGracePeriodSeconds")
+        return float(grace if grace is not None else spec.termination_grace_period_seconds)
+
+    async def _finish(self, runners: list[ContainerRunner], *, grace: float = 0.0, keep_status: bool = False) -> None:
+        """Graceful deletion: stop every container, write terminal status, then DELETE with
+        gracePeriodSeconds=0 and a UID precondition (the handshake drain and evictions need)."""
+        if runners:
+            await asyncio.gather(*(r.stop(grace=grace) for r in runners))
+            await self.event("Normal", "Killing", f"Stopped all containers (grace period {grace:.0f}s)")
+        self.ctx.budget.release_pod(self.uid)
+        self.ctx.ports.release_pod(self.uid)
+        if not self.gone:
+            if not keep_status:
+                self.publish()
+                await self.ctx.status.flush(self.uid)
+            meta = self.pod["metadata"]
+            try:
+                await self.ctx.api.delete(
+                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                    {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
+                )
+            except ApiError as exc:
+                if exc.status not in (404, 409):
+                    log.warning("final delete of pod %s failed: %s", self.ref, exc.message)
+        self.ctx.status.forget(self.uid)
+        await self.ctx.supervisor.remove_pod(self.uid)
+        log.info("pod %s is gone", self.ref)
+
+
+class ContainerRunner:
+    """One container of a pod: prepared once, then run and restarted until the pod goes."""
+
+    def __init__(self, worker: PodWorker, spec: PodSpecIn, container: ContainerIn, *, adopted: Instance | None) -> None:
+        self.w, self.spec, self.c = worker, spec, container
+        self.view = worker.views[container.name]
+        self.adopted = adopted
+        self.instance: Instance | None = None
+        self.launch: LaunchSpec | None = None
+        self.prober: ContainerProber | None = None
+
+    @property
+    def ctx(self) -> PodContext:
+        return self.w.ctx
+
+    def _waiting(self, reason: str, message: str = "") -> None:
+        self.view.state = {"waiting": {"reason": reason, "message": message} if message else {"reason": reason}}
+        self.view.ready = False
+        self.w.publish()
+
+    async def run(self) -> None:
+        try:
+            launch, model_path = await self._prepare()
+        except ContainerFailed as exc:
+            self._waiting(exc.reason, exc.message)
+            await self.w.event("Warning", "Failed", f"{exc.reason}: {exc.message}", container=self.c.name)
+            return
+        except AdmissionError as exc:
+            self.w.failed = (exc.reason, exc.message)
+            self._waiting(exc.reason, exc.message)
+            await self.w.event("Warning", exc.reason, exc.message)
+            return
+        self.launch = launch
+        await self._loop(launch, model_path)
+
+    # -- preparing -----------------------------------------------------------------------
+    async def _prepare(self) -> tuple[LaunchSpec, Path | None]:
+        w, c = self.w, self.c
+        meta = w.pod["metadata"]
+        try:
+            validate_probes(c, allow_exec=self.ctx.allow_exec_probes)
+            env = await self.ctx.env.resolve(w.pod, c, pod_ip=self.ctx.pod_ip, node_name=self.ctx.node_name)
+            launch = translate(
+                namespace=meta["namespace"], pod_name=meta["name"], pod_uid=w.uid, spec=self.spec, container=c, env=env,
+                runtime=self.ctx.runtime, pod_ip=self.ctx.pod_ip, model_store=self.ctx.model_store,
+                sandbox=self.ctx.supervisor.sandbox(w.uid),
+            )
+        except (TranslateError, EnvError, ProbeSpecError) as exc:
+            raise ContainerFailed(exc.reason, exc.message) from None
+        adopted_alive = self.adopted is not None and self.ctx.supervisor.alive(self.adopted)
+        self.ctx.ports.claim(launch.port, pod_uid=w.uid, pod_ref=w.ref, probe_socket=not adopted_alive)
+        model_path = await self._model(launch)
+        if model_path is not None:
+            try:
+                estimate = await estimate_in_subprocess(
+                    model_path, ctx_size=launch.ctx_size, parallel=launch.parallel,
+                    cache_type_k=launch.cache_type_k, cache_type_v=launch.cache_type_v, kv_unified=launch.kv_unified,
+                )
+            except EstimateError as exc:
+                raise ContainerFailed(exc.reason, exc.message) from None
+            self.ctx.budget.reserve((w.uid, c.name), estimate.total_bytes, what=f"container {c.name} ({estimate.describe()})")
+        return launch, model_path
+
+    async def _model(self, launch: LaunchSpec) -> Path | None:
+        if launch.model is None:
+            return None
+        delay = BACKOFF_INITIAL
+        last_report = [0.0, -1]
+
+        def progress(done: int, total: int) -> None:
+            percent = int(done * 100 / total) if total else 0
+            now = time.monotonic()
+            if now - last_report[0] >= 1.0 or percent == 100:
+                last_report[0] = now
+                self._waiting("PullingModel", f"downloading {describe_source(launch)}: {percent}% ({done >> 20} MiB of {total >> 20} MiB)")
+            if percent // 25 != last_report[1] // 25 and percent < 100:
+                last_report[1] = percent
+                asyncio.get_running_loop().create_task(
+                    self.w.event("Normal", "PullingModel", f"Downloading {describe_source(launch)}: {percent}%", container=self.c.name)
+                )
+
+        while True:
+            try:
+                self._waiting("PullingModel", f"resolving {describe_source(launch)}")
+                started = time.monotonic()
+                path = await self.ctx.models.ensure(launch.model, token=launch.hf_token, on_progress=progress)
+                took = time.monotonic() - started
+                if took > 1.0:
+                    await self.w.event("Normal", "PulledModel", f"Model {path.name} is in the store ({took:.0f}s)", container=self.c.name)
+                self._waiting("ContainerCreating")
+                return path
+            except ModelError as exc:
+                if exc.reason in ("ModelNotFound", "InvalidModelPath", "OfflineMissing"):
+                    raise ContainerFailed(exc.reason, exc.message) from None
+                self._waiting("ModelPullBackOff", f"{exc.reason}: {exc.message}; retrying in {delay:.0f}s")
+                await self.w.event("Warning", exc.reason, exc.message, container=self.c.name)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MODEL_RETRY_MAX)
+
+    # -- running -------------------------------------------------------------------------
+    async def _loop(self, launch: LaunchSpec, model_path: Path | None) -> None:
+        sup = self.ctx.supervisor
+        backoff = BACKOFF_INITIAL
+        while True:
+            inst = self.adopted
+            self.adopted = None
+            if inst is not None and sup.alive(inst):
+                log.info("adopted %s container %s (pid %d)", self.w.ref, self.c.name, inst.shim_pid)
+            elif inst is not None:
+                # It died while no agent was watching: its shim recorded how.
+                exit_info = sup.exit_info(inst)
+                self._terminated(inst, exit_info, last=True)
+                if not self._should_restart(exit_info):
+                    self._final(inst, exit_info)
+                    return
+                self.view.restart_count = max(self.view.restart_count, inst.instance + 1)
+                inst = None
+            if inst is None:
+                inst = await sup.start(launch, model_path=model_path, instance=self.view.restart_count)
+                await self.w.event("Normal", "Started", f"Started container {self.c.name} (pid {inst.shim_pid})", container=self.c.name)
+            self.instance = inst
+            self.view.state = {"running": {"startedAt": inst.started_rfc3339()}}
+            self.view.container_id = inst.container_id
+            started_mono = time.monotonic()
+            exit_info = await self._run_instance(inst)
+            self._terminated(inst, exit_info, last=True)
+            if not self._should_restart(exit_info):
+                self._final(inst, exit_info)
+                return
+            ran = time.monotonic() - started_mono
+            if ran >= BACKOFF_RESET_AFTER:
+                backoff = BACKOFF_INITIAL
+            delay = 0.0 if self.view.restart_count == 0 else backoff
+            self.view.restart_count += 1
+            if delay:
+                message = f"back-off {delay:.0f}s restarting failed container={self.c.name} pod={self.w.pod['metadata']['name']}"
+                self._waiting("CrashLoopBackOff", message)
+                await self.w.event("Warning", "BackOff", f"Back-off restarting failed container {self.c.name}", container=self.c.name)
+                await asyncio.sleep(delay)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _run_instance(self, inst: Instance) -> ExitInfo:
+        sup = self.ctx.supervisor
+        prober = ContainerProber(
+            self.c, host=self.ctx.pod_ip, session=self.ctx.http, on_change=self._probe_changed,
+            on_unhealthy=self._unhealthy,
+        )
+        self.prober = prober
+        self._probe_changed()
+        probes = asyncio.create_task(prober.run(), name=f"probes {self.w.ref}/{self.c.name}")
+        exited = asyncio.create_task(sup.wait(inst))
+        failed = asyncio.create_task(prober.failed.wait())
+        try:
+            done, _ = await asyncio.wait([exited, failed], return_when=asyncio.FIRST_COMPLETED)
+            if exited in done:
+                return exited.result()
+            await self.w.event("Normal", "Killing", f"Container {self.c.name} {prober.failure}, will be restarted", container=self.c.name)
+            return await sup.stop(inst, grace=float(self.spec.termination_grace_period_seconds))
+        finally:
+            for t in (probes, exited, failed):
+                t.cancel()
+            self.prober = None
+            self.view.ready = False
+
+    def _probe_changed(self) -> None:
+        p = self.prober
+        if p is None or "running" not in self.view.state:
+            return
+        self.view.started = p.started
+        self.view.ready = p.started and p.ready
+        self.w.publish()
+
+    async def _unhealthy(self, kind: str, detail: str) -> None:
+        await self.w.event("Warning", "Unhealthy", f"{kind} probe failed: {detail}", container=self.c.name)
+
+    def _terminated(self, inst: Instance, exit_info: ExitInfo, *, last: bool) -> None:
+        term = {
+            "exitCode": exit_info.exit_code, "reason": exit_info.reason, "startedAt": inst.started_rfc3339(),
+            "finishedAt": exit_info.finished_at, "containerID": inst.container_id,
+        }
+        if exit_info.signal:
+            term["signal"] = exit_info.signal
+        if exit_info.message:
+            term["message"] = exit_info.message
+        self.view.last_state = {"terminated": term}
+        self.view.ready = False
+        self.view.started = False
+        self.w.publish()
+
+    def _final(self, inst: Instance, exit_info: ExitInfo) -> None:
+        self.view.state = dict(self.view.last_state)
+        self.view.last_state = {}
+        self.view.will_restart = False
+        self.w.publish()
+
+    def _should_restart(self, exit_info: ExitInfo) -> bool:
+        if self.w.deleting.is_set():
+            return False
+        policy = self.spec.restart_policy
+        return policy == "Always" or (policy == "OnFailure" and exit_info.exit_code != 0)
+
+    async def stop(self, *, grace: float) -> None:
+        inst = self.instance or (self.adopted if self.adopted and self.ctx.supervisor.alive(self.adopted) else None)
+        if inst is None:
+            return
+        exit_info = await self.ctx.supervisor.stop(inst, grace=grace)
+        self.view.state = {"terminated": {
+            "exitCode": exit_info.exit_code, "reason": exit_info.reason, "startedAt": inst.started_rfc3339(),
+            "finishedAt": exit_info.finished_at, "containerID": inst.container_id,
+        }}
+        self.view.ready = False
+        self.view.will_restart = False
+
+
+def describe_source(launch: LaunchSpec) -> str:
+    m = launch.model
+    if m is None:
+        return "no model"
+    if m.kind == "hf":
+        return f"{m.repo}{':' + m.quant if m.quant else ''}{' ' + m.file if m.file else ''}"
+    return m.url or m.path or "model"

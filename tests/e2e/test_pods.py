@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,7 +73,8 @@ def mac(cluster, hub):
 
 @pytest.fixture
 def ns(cluster, mac, request):
-    name = "t-" + request.node.name.replace("_", "-")[:40].strip("-").lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())
+    name = f"t-{slug[:40].strip('-')}-{abs(hash(request.node.name)) % 10000}"
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

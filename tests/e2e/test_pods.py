@@ -31,6 +31,8 @@ from .conftest import Agents, node_ready, wait_for
 NODE = "vnode-e2e-pods"
 REPO = "ggml-org/gemma-3-270m-GGUF"
 FILE = "gemma-3-270m-Q4_K_M.gguf"
+CORRUPT_REPO = "vnode-test/corrupt-GGUF"
+CORRUPT_FILE = "corrupt-Q4_K_M.gguf"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,8 +52,13 @@ def hub(cluster, gemma):
     repo_dir.mkdir(parents=True, exist_ok=True)
     (repo_dir / FILE).unlink(missing_ok=True)
     (repo_dir / FILE).symlink_to(gemma)
+    bad_dir = Path(cluster.state.directory) / "hub" / CORRUPT_REPO
+    bad_dir.mkdir(parents=True, exist_ok=True)
+    (bad_dir / CORRUPT_FILE).unlink(missing_ok=True)
+    (bad_dir / CORRUPT_FILE).symlink_to(gemma)
     proc = start_process(
-        "hfserver", [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port), "--repo", f"{REPO}={repo_dir}"],
+        "hfserver", [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port), "--repo", f"{REPO}={repo_dir}",
+                     "--repo", f"{CORRUPT_REPO}={bad_dir}", "--corrupt", CORRUPT_FILE],
         log=Path(cluster.state.directory) / "logs" / "hfserver.log", env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
     )
     url = f"http://{host}:{port}"
@@ -81,14 +88,15 @@ def ns(cluster, mac, request):
 
 
 def deployment(name: str, *, port: int, args: list[str] | None = None, image: str = "ghcr.io/ggml-org/llama.cpp:server",
-               toleration: bool = True, node: str = NODE, probe: dict | None = None) -> dict:
+               toleration: bool = True, node: str = NODE, probe: dict | None = None, host_port: bool = True,
+               replicas: int = 1, recreate: bool = False) -> dict:
     pod_spec: dict = {
         "nodeSelector": {"llmkube.dev/accelerator": "metal", "kubernetes.io/hostname": node},
         "terminationGracePeriodSeconds": 5,
         "containers": [{
             "name": "server", "image": image,
             "args": args if args is not None else ["-hf", f"{REPO}:Q4_K_M", "--port", str(port), "-c", "2048"],
-            "ports": [{"containerPort": port, "hostPort": port, "name": "http"}],
+            "ports": [{"containerPort": port, "name": "http", **({"hostPort": port} if host_port else {})}],
             "readinessProbe": probe or {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 1},
         }],
     }
@@ -96,7 +104,8 @@ def deployment(name: str, *, port: int, args: list[str] | None = None, image: st
         pod_spec["tolerations"] = [{"key": "llmkube.dev/accelerator", "operator": "Equal", "value": "metal", "effect": "NoSchedule"}]
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "strategy": {"type": "Recreate"} if recreate else {"type": "RollingUpdate"},
                  "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec}},
     }
 
@@ -174,7 +183,7 @@ def test_deployment_serves_chat_through_its_service(cluster, ns):
     assert answer["choices"][0]["message"]["role"] == "assistant"
     assert answer["usage"]["completion_tokens"] > 0
     events = cluster.kubectl("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={pod['metadata']['name']}").stdout
-    assert "Started" in events
+    assert "Started" in events and "PullingModel" in events
 
 
 def test_without_toleration_the_scheduler_keeps_it_pending(cluster, ns):
@@ -245,3 +254,69 @@ def test_agent_restart_keeps_the_server(cluster, ns, mac):
     pod = wait_for(lambda: pod_ready(cluster, ns, "steady"), timeout=60, what="still Ready")
     assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
     assert server_pid(8095) == pid, "a restarted agent adopts the server: same pid, no reload"
+
+
+def test_scale_and_rollout_on_one_mac(cluster, ns):
+    apply(cluster, ns, deployment("scaled", port=8097, recreate=True))
+    first = wait_for(lambda: pod_ready(cluster, ns, "scaled"), timeout=240, what="Ready")
+    cluster.kubectl("scale", "deployment/scaled", "-n", ns, "--replicas=2")
+    # One Mac, one hostPort: the scheduler keeps the second replica Pending, as on any node.
+    pending = wait_for(lambda: [p for p in pods(cluster, ns, "scaled") if "free ports" in json.dumps(p["status"].get("conditions", []))],
+                       timeout=30, what="second replica Unschedulable for its port")
+    assert pending[0]["status"]["phase"] == "Pending"
+    cluster.kubectl("scale", "deployment/scaled", "-n", ns, "--replicas=1")
+    old_pid = server_pid(8097)
+    cluster.kubectl("patch", "deployment/scaled", "-n", ns, "--type=json", "-p",
+                    json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/args",
+                                 "value": ["-hf", f"{REPO}:Q4_K_M", "--port", "8097", "-c", "1024"]}]))
+    new = wait_for(lambda: (p := pod_ready(cluster, ns, "scaled")) and p["metadata"]["name"] != first["metadata"]["name"] and p,
+                   timeout=240, what="rolled-out pod Ready")
+    assert "1024" in new["spec"]["containers"][0]["args"]
+    assert server_pid(8097) not in (None, old_pid)
+    cluster.kubectl("scale", "deployment/scaled", "-n", ns, "--replicas=0")
+    wait_for(lambda: not pods(cluster, ns, "scaled"), timeout=60, what="scaled to zero")
+    assert server_pid(8097) is None
+
+
+def test_crashing_server_backs_off(cluster, ns):
+    args = ["-hf", f"{REPO}:Q4_K_M", "--port", "8098", "--override-kv", "gemma3.context_length=int:-5"]
+    apply(cluster, ns, deployment("crashing", port=8098, args=args))
+    pod = wait_for(lambda: (p := one_pod(cluster, ns, "crashing")) and waiting_reason(p)[0] == "CrashLoopBackOff"
+                   and p["status"]["containerStatuses"][0]["restartCount"] >= 2 and p, timeout=120, what="CrashLoopBackOff")
+    cs = pod["status"]["containerStatuses"][0]
+    assert cs["lastState"]["terminated"]["exitCode"] != 0
+    assert "back-off" in cs["state"]["waiting"]["message"]
+    assert pod["status"]["phase"] == "Running"
+
+
+def test_port_clash_fails_the_second_pod(cluster, ns):
+    apply(cluster, ns, deployment("first", port=8099, host_port=False))
+    wait_for(lambda: pod_ready(cluster, ns, "first"), timeout=240, what="first Ready")
+    apply(cluster, ns, deployment("second", port=8099, host_port=False))
+    failed = wait_for(lambda: [p for p in pods(cluster, ns, "second") if p["status"].get("reason") == "PortConflict"],
+                      timeout=60, what="PortConflict")
+    assert failed[0]["status"]["phase"] == "Failed" and "first" in failed[0]["status"]["message"]
+
+
+def test_checksum_mismatch_is_reported_and_retried(cluster, ns):
+    apply(cluster, ns, deployment("corrupt", port=8100, args=["-hf", f"{CORRUPT_REPO}:Q4_K_M", "--port", "8100"]))
+    reason, message = wait_for(lambda: (r := waiting_reason(one_pod(cluster, ns, "corrupt")))[0] == "ModelPullBackOff" and r,
+                               timeout=120, what="ModelPullBackOff")
+    assert "ChecksumMismatch" in message and "retrying" in message
+
+
+def test_model_too_big_for_the_budget(cluster, ns, mac):
+    small = "vnode-e2e-small"
+    mac.start(*mac.args, "--memory-fraction=0.01", "--kubelet-port=10252", name=small)
+    wait_for(lambda: node_ready(cluster, small), timeout=60, what=f"{small} Ready")
+    try:
+        apply(cluster, ns, deployment("huge", port=8101, node=small))
+        failed = wait_for(lambda: [p for p in pods(cluster, ns, "huge") if p["status"].get("reason") == "InsufficientMemory"],
+                          timeout=120, what="InsufficientMemory")
+        message = failed[0]["status"]["message"]
+        assert failed[0]["status"]["phase"] == "Failed" and "MiB" in message and "budget" in message
+        assert server_pid(8101) is None, "nothing may be loaded for a pod that does not fit"
+    finally:
+        cluster.kubectl("delete", "deployment", "huge", "-n", ns, "--wait=false", check=False)
+        mac.stop(mac.started[-1])
+        cluster.kubectl("delete", "node", small, check=False)

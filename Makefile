@@ -11,7 +11,7 @@ PY      = $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,demo]'
 	touch $@
 
 binaries: $(VENV)/.installed
@@ -33,6 +33,7 @@ e2e: binaries
 
 bench: binaries
 	$(PY) bench/node.py
+	$(PY) bench/pods.py
 
 down:
 	$(PY) -m vnode cluster down

@@ -20,6 +20,7 @@ import aiohttp
 from vnode import __version__
 from vnode.config import Settings
 from vnode.kubeclient import KubeClient, KubeconfigError
+from vnode.metrics import registry
 from vnode.node.controller import NodeController
 from vnode.node.lease import LeaseController
 from vnode.node.registration import TakeoverRefused
@@ -121,6 +122,7 @@ async def run_agent(settings: Settings) -> int:
         allow_exec_probes=settings.allow_exec_probes,
     )
     pods = PodController(ctx)
+    metrics = registry(models=models, pods=pods)  # served on /metrics by the kubelet API
 
     async def pod_layer() -> None:
         await node.registered.wait()

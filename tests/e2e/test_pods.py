@@ -33,6 +33,9 @@ REPO = "ggml-org/gemma-3-270m-GGUF"
 FILE = "gemma-3-270m-Q4_K_M.gguf"
 CORRUPT_REPO = "vnode-test/corrupt-GGUF"
 CORRUPT_FILE = "corrupt-Q4_K_M.gguf"
+GATED_REPO = "vnode-test/gated-GGUF"
+GATED_FILE = "gated-Q4_K_M.gguf"
+GATED_TOKEN = "hf_e2e_secret_token"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -56,9 +59,14 @@ def hub(cluster, gemma):
     bad_dir.mkdir(parents=True, exist_ok=True)
     (bad_dir / CORRUPT_FILE).unlink(missing_ok=True)
     (bad_dir / CORRUPT_FILE).symlink_to(gemma)
+    gated_dir = Path(cluster.state.directory) / "hub" / GATED_REPO
+    gated_dir.mkdir(parents=True, exist_ok=True)
+    (gated_dir / GATED_FILE).unlink(missing_ok=True)
+    (gated_dir / GATED_FILE).symlink_to(gemma)
     proc = start_process(
         "hfserver", [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port), "--repo", f"{REPO}={repo_dir}",
-                     "--repo", f"{CORRUPT_REPO}={bad_dir}", "--corrupt", CORRUPT_FILE],
+                     "--repo", f"{CORRUPT_REPO}={bad_dir}", "--corrupt", CORRUPT_FILE,
+                     "--repo", f"{GATED_REPO}={gated_dir}", "--gated", f"{GATED_REPO}={GATED_TOKEN}"],
         log=Path(cluster.state.directory) / "logs" / "hfserver.log", env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
     )
     url = f"http://{host}:{port}"
@@ -320,3 +328,21 @@ def test_model_too_big_for_the_budget(cluster, ns, mac):
         cluster.kubectl("delete", "deployment", "huge", "-n", ns, "--wait=false", check=False)
         mac.stop(mac.started[-1])
         cluster.kubectl("delete", "node", small, check=False)
+
+
+def test_gated_model_needs_the_token_from_a_secret(cluster, ns):
+    args = ["-hf", f"{GATED_REPO}:Q4_K_M", "--port", "8102", "-c", "2048"]
+    apply(cluster, ns, deployment("gated", port=8102, args=args))
+    reason, message = wait_for(lambda: (r := waiting_reason(one_pod(cluster, ns, "gated")))[0] == "ModelPullBackOff" and r,
+                               timeout=120, what="ModelPullBackOff for the gated repo")
+    assert "GatedModel" in message and "HF_TOKEN" in message
+    cluster.kubectl("create", "secret", "generic", "hf", "-n", ns, f"--from-literal=token={GATED_TOKEN}")
+    with_token = deployment("gated", port=8102, args=args, recreate=True)
+    with_token["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
+    apply(cluster, ns, with_token)
+    pod = wait_for(lambda: pod_ready(cluster, ns, "gated"), timeout=240, what="gated model Ready with the Secret's token")
+    assert GATED_TOKEN not in json.dumps(pod), "the token must not leak into the pod's status"
+    ours = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
+            if "hfserver" not in " ".join(p.info["cmdline"] or [])]  # the test hub is told the token, vnode must not show it
+    assert not [c for c in ours if GATED_TOKEN in c], "the token must not appear on any command line"

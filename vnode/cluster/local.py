@@ -132,6 +132,16 @@ class LocalCluster:
             return
         for record in reversed(state.procs):
             processes.stop(Proc.from_dict(record))
+        # Servers outlive their agent on purpose (an agent restart must not stop them), so
+        # the cluster's teardown stops them itself, from the agents' own records.
+        for record in sorted(self.dir.glob("agents/*/pods/*/containers/*/state.json")):
+            try:
+                data = json.loads(record.read_text())
+                server = Proc(name=f"server {data['pod_name']}", pid=int(data["shim_pid"]),
+                              create_time=float(data["shim_start"]), log=str(data["log_path"]), cmd=[])
+            except (OSError, ValueError, KeyError):
+                continue
+            processes.stop(server)
         netns_mod.destroy(state.host)
         state.procs = []
         state.save()

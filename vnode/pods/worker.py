@@ -36,6 +36,8 @@ BACKOFF_INITIAL = 10.0
 BACKOFF_MAX = 300.0
 BACKOFF_RESET_AFTER = 600.0  # a container that ran this long restarts without back-off
 MODEL_RETRY_MAX = 300.0
+CONFIG_RETRY_INITIAL = 1.0
+CONFIG_RETRY_MAX = 60.0
 
 
 @dataclass
@@ -59,11 +61,12 @@ class PodContext:
 
 
 class ContainerFailed(Exception):
-    """The container cannot start as specified; it waits with this reason."""
+    """The container cannot start as specified; it waits with this reason (and, if
+    `retry`, tries again later because the cause may go away)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, retry: bool = False) -> None:
         super().__init__(message)
-        self.reason, self.message = reason, message
+        self.reason, self.message, self.retry = reason, message, retry
 
 
 class PodWorker:
@@ -218,17 +221,25 @@ class ContainerRunner:
         self.w.publish()
 
     async def run(self) -> None:
-        try:
-            launch, model_path = await self._prepare()
-        except ContainerFailed as exc:
-            self._waiting(exc.reason, exc.message)
-            await self.w.event("Warning", "Failed", f"{exc.reason}: {exc.message}", container=self.c.name)
-            return
-        except AdmissionError as exc:
-            self.w.failed = (exc.reason, exc.message)
-            self._waiting(exc.reason, exc.message)
-            await self.w.event("Warning", exc.reason, exc.message)
-            return
+        delay = CONFIG_RETRY_INITIAL
+        while True:
+            try:
+                launch, model_path = await self._prepare()
+                break
+            except ContainerFailed as exc:
+                self._waiting(exc.reason, exc.message)
+                await self.w.event("Warning", "Failed", f"{exc.reason}: {exc.message}", container=self.c.name)
+                if not exc.retry:
+                    return
+                # A Secret or ConfigMap may appear later, and the Node authorizer learns of a
+                # new pod's references asynchronously: retry like the kubelet's pod sync.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CONFIG_RETRY_MAX)
+            except AdmissionError as exc:
+                self.w.failed = (exc.reason, exc.message)
+                self._waiting(exc.reason, exc.message)
+                await self.w.event("Warning", exc.reason, exc.message)
+                return
         self.launch = launch
         await self._loop(launch, model_path)
 
@@ -244,7 +255,9 @@ class ContainerRunner:
                 runtime=self.ctx.runtime, pod_ip=self.ctx.pod_ip, model_store=self.ctx.model_store,
                 sandbox=self.ctx.supervisor.sandbox(w.uid),
             )
-        except (TranslateError, EnvError, ProbeSpecError) as exc:
+        except EnvError as exc:
+            raise ContainerFailed(exc.reason, exc.message, retry=True) from None
+        except (TranslateError, ProbeSpecError) as exc:
             raise ContainerFailed(exc.reason, exc.message) from None
         adopted_alive = self.adopted is not None and self.ctx.supervisor.alive(self.adopted)
         self.ctx.ports.claim(launch.port, pod_uid=w.uid, pod_ref=w.ref, probe_socket=not adopted_alive)

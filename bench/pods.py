@@ -490,13 +490,21 @@ def main() -> int:
         by_hand = ByHand(cluster, binary, model)
 
         print(f"baseline: {args.runs} llama-server start-ups by hand ...", flush=True)
-        baseline = [by_hand.run(next(ports)) for _ in range(args.runs)]
+        def sample(fn, *a, **kw) -> dict:
+            # Other people's clusters on this machine share its cores: mark samples taken with one running.
+            before = foreign_activity(directory)
+            out = fn(*a, **kw)
+            after = foreign_activity(directory)
+            out["contended"] = any(before.values()) or any(after.values())
+            return out
+
+        baseline = [sample(by_hand.run, next(ports)) for _ in range(args.runs)]
         base_median = statistics.median(b["health_s"] for b in baseline)
 
         print(f"start-up: {args.pods} pods one after another ...", flush=True)
         pods = []
         for i in range(args.pods):
-            pods.append(run_pod(core, f"bench-start-{i + 1:02d}", next(ports), host))
+            pods.append(sample(run_pod, core, f"bench-start-{i + 1:02d}", next(ports), host))
 
         noise["foreign"]["after_startup"] = foreign_activity(directory)
         print(f"decode: {args.runs} completions per side, alternating ...", flush=True)
@@ -506,9 +514,9 @@ def main() -> int:
             order = ("pod", "hand") if i % 2 == 0 else ("hand", "pod")
             for side in order:
                 if side == "pod":
-                    decode_pods.append(run_pod(core, f"bench-decode-{i + 1:02d}", next(ports), host, decode=True, watched=watched))
+                    decode_pods.append(sample(run_pod, core, f"bench-decode-{i + 1:02d}", next(ports), host, decode=True, watched=watched))
                 else:
-                    decode_hand.append(by_hand.run(next(ports), decode=True, watched=watched))
+                    decode_hand.append(sample(by_hand.run, next(ports), decode=True, watched=watched))
 
         sidecar = sidecar_path(model)
         params = {"ctx_size": CTX, "parallel": AUTO_PARALLEL, "kv_unified": True}
@@ -672,8 +680,12 @@ def main() -> int:
     if hwm_hand:
         print(f"  by-hand server VmHWM         {m['by_hand_vm_hwm_bytes']['median'] / mib:7.1f} MiB median")
     print(f"  relative error {rel_error * 100:+.1f} % vs target within 10 %: {verdict(abs(rel_error), TARGETS['memory_rel_error'], at_most=True)}")
-    if any(n for sample in noise["foreign"].values() for n in sample.values()):
-        print(f"warning: other clusters/servers were running on this machine during the run {noise['foreign']}; numbers are noisier")
+    contended = {k: sum(1 for x in v if x.get("contended")) for k, v in
+                 (("baseline", baseline), ("pods", pods), ("decode vnode", decode_pods), ("decode by hand", decode_hand))}
+    result["noise"]["contended_samples"] = contended
+    out.write_text(json.dumps(result, indent=2))
+    if any(contended.values()):
+        print(f"warning: another cluster/llama-server was running on this machine during some samples {contended}; those numbers are noisier")
     print(f"took {elapsed:.0f} s; cluster logs in {directory / 'logs'}")
     print(f"written to {out}")
     return 0

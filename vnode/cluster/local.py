@@ -284,10 +284,13 @@ class LocalCluster:
         """The command line of `vnode run` for this cluster's node, inside the node's namespace."""
         assert self.state is not None
         name = node_name or self.state.node_name
+        pki_dir = self.dir / "pki"
         return [
             *self.state.host.exec_prefix(), sys.executable, "-m", "vnode", "run",
             f"--kubeconfig={self.state.node_kubeconfig(name)}", f"--node-name={name}",
-            f"--host-ip={self.state.host.ns_ip}", f"--state-dir={self.dir / 'agents' / name}", *extra,
+            f"--host-ip={self.state.host.ns_ip}", f"--state-dir={self.dir / 'agents' / name}",
+            f"--tls-cert-file={pki_dir / f'node-{name}-serving.crt'}", f"--tls-private-key-file={pki_dir / f'node-{name}-serving.key'}",
+            f"--client-ca-file={pki_dir / 'ca.crt'}", *extra,
         ]
 
     def start_agent(self, *extra: str, node_name: str | None = None, env: dict[str, str] | None = None) -> Proc:

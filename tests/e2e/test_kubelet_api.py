@@ -1,0 +1,111 @@
+"""The kubelet API on the Mac node, reached the way users reach any kubelet: through the
+real API server with the real kubectl, and directly with tokens and certificates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from .conftest import wait_for
+from .test_pods import NODE, apply, complete, deployment, gemma, hub, mac, ns, pod_ready, server_pid  # noqa: F401 - fixtures
+
+PORT = 8110
+
+
+@pytest.fixture(scope="module")
+def served(cluster, mac):
+    """One Gemma pod for the module's log tests."""
+    name = "logs-e2e"
+    cluster.kubectl("create", "namespace", name)
+    apply(cluster, name, deployment("talker", port=PORT))
+    pod = wait_for(lambda: pod_ready(cluster, name, "talker"), timeout=240, what="talker Ready")
+    yield name, pod["metadata"]["name"]
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def kubelet_get(cluster, path: str, *, token: str | None = None) -> tuple[int, str]:
+    ctx = ssl.create_default_context(cafile=f"{cluster.state.directory}/pki/ca.crt")
+    req = urllib.request.Request(f"https://{cluster.state.host.ns_ip}:10250{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_kubectl_logs_options(cluster, served):
+    ns_name, pod = served
+    full = cluster.kubectl("logs", "-n", ns_name, pod).stdout
+    assert "listening" in full and len(full.splitlines()) > 3
+    assert cluster.kubectl("logs", "-n", ns_name, pod, "-c", "server").stdout == full
+    tail = cluster.kubectl("logs", "-n", ns_name, pod, "--tail=3").stdout.splitlines()
+    assert tail == full.splitlines()[-3:]
+    stamped = cluster.kubectl("logs", "-n", ns_name, pod, "--timestamps", "--tail=2").stdout.splitlines()
+    assert all(line[:4].isdigit() and "T" in line.split(" ")[0] and line.split(" ")[0].endswith("Z") for line in stamped)
+    assert cluster.kubectl("logs", "-n", ns_name, pod, "--since=1h").stdout == full
+    limited = cluster.kubectl("logs", "-n", ns_name, pod, "--limit-bytes=10").stdout
+    assert len(limited.encode()) == 10
+
+
+def test_kubectl_logs_follow_sees_new_lines(cluster, served):
+    ns_name, pod = served
+    state = cluster.state
+    follower = subprocess.Popen([state.kubectl, f"--kubeconfig={state.admin_kubeconfig}", "logs", "-f", "--tail=0", "-n", ns_name, pod],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        complete(f"http://{state.host.ns_ip}:{PORT}")
+        os.set_blocking(follower.stdout.fileno(), False)
+        seen = wait_for(lambda: follower.stdout.read() or None, timeout=20, what="a followed log line")
+        assert seen.strip()
+    finally:
+        follower.terminate()
+        follower.wait(10)
+
+
+def test_kubectl_logs_previous_after_restart(cluster, served):
+    ns_name, pod = served
+    pid = server_pid(PORT)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (p := pod_ready(cluster, ns_name, "talker")) and p["status"]["containerStatuses"][0]["restartCount"] >= 1,
+             timeout=120, what="restarted")
+    previous = cluster.kubectl("logs", "-n", ns_name, pod, "--previous").stdout
+    assert "listening" in previous
+
+
+def test_logs_bad_params_and_unknown_pod(cluster, served):
+    ns_name, pod = served
+    bad = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/containerLogs/{ns_name}/{pod}/server?tailLines=many", check=False)
+    assert bad.returncode != 0 and "tailLines" in bad.stderr
+    missing = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/containerLogs/{ns_name}/nope/server", check=False)
+    assert missing.returncode != 0 and "not on node" in missing.stderr
+
+
+def test_direct_requests_without_credentials_get_401(cluster, served):
+    code, body = kubelet_get(cluster, "/healthz")
+    assert code == 401 and json.loads(body)["reason"] == "Unauthorized"
+
+
+def test_service_account_authorized_by_subresource(cluster, served):
+    cluster.kubectl("create", "serviceaccount", "prober", "-n", "default")
+    cluster.kubectl("create", "clusterrole", "node-health", "--verb=get", "--resource=nodes/healthz")
+    cluster.kubectl("create", "clusterrolebinding", "prober-health", "--clusterrole=node-health", "--serviceaccount=default:prober")
+    token = cluster.kubectl("create", "token", "prober", "-n", "default").stdout.strip()
+    assert kubelet_get(cluster, "/healthz", token=token) == (200, "ok")
+    ns_name, pod = served
+    code, body = kubelet_get(cluster, f"/containerLogs/{ns_name}/{pod}/server", token=token)
+    assert code == 403 and "subresource(s)=[log,proxy]" not in body and "proxy" in json.loads(body)["message"]
+    code, _ = kubelet_get(cluster, "/pods", token=token)
+    assert code == 403
+    code, body = kubelet_get(cluster, "/healthz", token="not-a-token")
+    assert code == 401

@@ -1,0 +1,150 @@
+"""Reading containers' logs: the CRI-format files the shim writes, for `kubectl logs`.
+
+Each line is `<RFC3339Nano> <stdout|stderr> <F|P> <text>` (P: a partial line continued by
+the next record). Files rotate as N.log, N.log.1, ... per container instance N; the
+previous instance's files are kept for `--previous`. Reads run in a thread; following
+polls the file every 50 ms and ends when the instance has exited and nothing is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+FOLLOW_POLL = 0.05
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    tail_lines: int | None = None
+    since: dt.datetime | None = None
+    timestamps: bool = False
+    limit_bytes: int | None = None
+
+
+def parse_time(text: str) -> dt.datetime | None:
+    """RFC 3339 with up to nanoseconds (Python keeps microseconds)."""
+    try:
+        if text.endswith("Z"):
+            text = text[:-1]
+        if "." in text:
+            head, frac = text.split(".", 1)
+            text = f"{head}.{frac[:6]}"
+        return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+
+
+def parse_line(raw: bytes) -> tuple[str, str, bool, bytes] | None:
+    """(timestamp, stream, partial, text) of one CRI record, or None if malformed."""
+    parts = raw.rstrip(b"\n").split(b" ", 3)
+    if len(parts) < 3:
+        return None
+    text = parts[3] if len(parts) == 4 else b""
+    return parts[0].decode(errors="replace"), parts[1].decode(errors="replace"), parts[2] == b"P", text
+
+
+def instance_files(log_path: Path) -> list[Path]:
+    """An instance's files, oldest first (N.log.4 ... N.log.1, N.log)."""
+    rotated = sorted(
+        (p for p in log_path.parent.glob(log_path.name + ".*") if p.suffix.lstrip(".").isdigit()),
+        key=lambda p: int(p.suffix.lstrip(".")), reverse=True,
+    )
+    return rotated + ([log_path] if log_path.exists() else [])
+
+
+def _render(records: list[tuple[str, str, bool, bytes]], opts: LogOptions) -> list[bytes]:
+    """Join partial records into lines, filter by time, format."""
+    lines: list[bytes] = []
+    pending = b""
+    for ts, _stream, partial, text in records:
+        if opts.since is not None:
+            when = parse_time(ts)
+            if when is not None and when < opts.since:
+                pending = b""
+                continue
+        pending += text
+        if partial:
+            continue
+        lines.append((ts.encode() + b" " if opts.timestamps else b"") + pending + b"\n")
+        pending = b""
+    if pending:
+        lines.append(pending)
+    return lines
+
+
+def read_existing(log_path: Path, opts: LogOptions) -> tuple[list[bytes], int]:
+    """Lines already written (after tail/since), and the offset where following continues."""
+    records = []
+    offset = 0
+    for path in instance_files(log_path):
+        data = path.read_bytes()
+        if path == log_path:
+            offset = data.rfind(b"\n") + 1
+            data = data[:offset]
+        for raw in data.splitlines():
+            parsed = parse_line(raw)
+            if parsed:
+                records.append(parsed)
+    lines = _render(records, opts)
+    if opts.tail_lines is not None:
+        lines = list(deque(lines, maxlen=max(opts.tail_lines, 0)))
+    return lines, offset
+
+
+async def stream(
+    log_path: Path, opts: LogOptions, *, follow: bool, finished: Callable[[], bool]
+) -> AsyncIterator[bytes]:
+    """Yield log output; with `follow`, keep going until `finished()` and the file is drained."""
+    lines, offset = await asyncio.to_thread(read_existing, log_path, opts)
+    budget = opts.limit_bytes
+    for line in lines:
+        if budget is not None:
+            if budget <= 0:
+                return
+            line = line[:budget]
+            budget -= len(line)
+        yield line
+    if not follow:
+        return
+    follow_opts = LogOptions(timestamps=opts.timestamps)
+    pending = b""
+    while True:
+        done = finished()
+        try:
+            size = log_path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size < offset:  # rotated: continue from the start of the new file
+            offset = 0
+        if size > offset:
+            data = await asyncio.to_thread(_read_from, log_path, offset)
+            cut = data.rfind(b"\n") + 1
+            offset += cut
+            records = [p for raw in data[:cut].splitlines() if (p := parse_line(raw))]
+            for line in _render(records, follow_opts):
+                if line.endswith(b"\n"):
+                    line, pending = pending + line, b""
+                else:
+                    pending += line
+                    continue
+                if budget is not None:
+                    if budget <= 0:
+                        return
+                    line = line[:budget]
+                    budget -= len(line)
+                yield line
+            continue
+        if done:
+            return
+        await asyncio.sleep(FOLLOW_POLL)
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(4 * 1024 * 1024)

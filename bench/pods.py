@@ -67,6 +67,7 @@ PROMPT = {"prompt": "The capital of France is", "max_tokens": 128, "temperature"
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"overhead_p50_ms": 300.0, "overhead_p99_ms": 1000.0, "decode_ratio": 0.99, "memory_rel_error": 0.10}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FOREIGN_LIMIT = 0.15  # cores used by other processes during a sample above which it is marked contended
 
 
 def now() -> float:
@@ -443,6 +444,21 @@ def foreign_activity(directory: Path) -> dict[str, int]:
     return counts
 
 
+def cpu_clock() -> tuple[float, float, float]:
+    """(machine busy CPU s, CPU s of this script and all its descendants, steal s) so far."""
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    me = psutil.Process()
+    ours = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            c = proc.cpu_times()
+            ours += c.user + c.system + c.children_user + c.children_system
+        except psutil.Error:
+            pass
+    return busy, ours, getattr(t, "steal", 0.0)
+
+
 def agent_log_lines(directory: Path, needle: str) -> list[str]:
     lines = []
     for log in sorted((directory / "logs").glob(f"vnode-{NODE}.*.log")):
@@ -492,10 +508,16 @@ def main() -> int:
         print(f"baseline: {args.runs} llama-server start-ups by hand ...", flush=True)
         def sample(fn, *a, **kw) -> dict:
             # Other people's clusters on this machine share its cores: mark samples taken with one running.
+            # Also CPU used by anything that is not this script's process tree (foreign cores busy).
             before = foreign_activity(directory)
+            t0, (busy0, ours0, steal0) = time.monotonic(), cpu_clock()
             out = fn(*a, **kw)
+            t1, (busy1, ours1, steal1) = time.monotonic(), cpu_clock()
             after = foreign_activity(directory)
-            out["contended"] = any(before.values()) or any(after.values())
+            out["foreign_cores"] = round(max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0), 3)
+            out["steal_cores"] = round((steal1 - steal0) / (t1 - t0), 3)
+            out["other_clusters"] = {k: max(before[k], after[k]) for k in before}
+            out["contended"] = any(before.values()) or any(after.values()) or out["foreign_cores"] > FOREIGN_LIMIT
             return out
 
         baseline = [sample(by_hand.run, next(ports)) for _ in range(args.runs)]

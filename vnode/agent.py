@@ -144,12 +144,12 @@ async def run_agent(settings: Settings) -> int:
         allow_exec_probes=settings.allow_exec_probes,
     )
     pods = PodController(ctx)
-    metrics = registry(models=models, pods=pods)  # served on /metrics by the kubelet API (next)
+    metrics = registry(models=models, pods=pods)
     kubelet = None
     if settings.tls_cert_file and settings.tls_private_key_file:
         app = build_app(
             ApiContext(node_name=settings.node_name, pods=pods, supervisor=ctx.supervisor, log_dir=None,
-                       config=public_config(settings), ready=readiness_problems),
+                       config=public_config(settings), ready=readiness_problems, metrics=metrics),
             authn=Authenticator(api), authz=Authorizer(api, node_name=settings.node_name),
             anonymous=settings.anonymous_auth,
         )

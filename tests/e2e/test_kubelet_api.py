@@ -109,3 +109,8 @@ def test_service_account_authorized_by_subresource(cluster, served):
     assert code == 403
     code, body = kubelet_get(cluster, "/healthz", token="not-a-token")
     assert code == 401
+
+
+def test_agent_metrics_through_the_api_server(cluster, served):
+    text = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/metrics").stdout
+    assert "vnode_pod_workers" in text and 'vnode_container_restarts{container="server"' in text

@@ -20,6 +20,7 @@ class ApiContext:
     log_dir: Path | None  # vnode's own log directory, served read-only on /logs/
     config: dict[str, Any] = field(default_factory=dict)  # what /configz shows
     ready: Any = None  # callable -> list of problems (empty when healthy)
+    metrics: Any = None  # prometheus CollectorRegistry served on /metrics
 
     def find_pod(self, namespace: str, name: str):
         for worker in list(self.pods.workers.values()):

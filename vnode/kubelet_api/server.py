@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from vnode.kubelet_api import health, logs, pods
+from vnode.kubelet_api import health, logs, metrics, pods
 from vnode.kubelet_api.auth import Authenticator, Authorizer, User, user_from_certificate
 from vnode.kubelet_api.context import CTX_KEY, ApiContext
 
@@ -98,6 +98,7 @@ def build_app(ctx: ApiContext, *, authn: Authenticator, authz: Authorizer, anony
     health.add_routes(app)
     pods.add_routes(app)
     logs.add_routes(app)
+    metrics.add_routes(app)
     return app
 
 

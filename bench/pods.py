@@ -459,6 +459,19 @@ def cpu_clock() -> tuple[float, float, float]:
     return busy, ours, getattr(t, "steal", 0.0)
 
 
+def wait_quiet(directory: Path, cap: float, window: float = 0.5) -> float:
+    """Wait (at most `cap` seconds) for a `window` in which other processes use < FOREIGN_LIMIT
+    of a core and no other cluster runs; seconds waited."""
+    started = time.monotonic()
+    while True:
+        t0, (busy0, ours0, _) = time.monotonic(), cpu_clock()
+        time.sleep(window)
+        t1, (busy1, ours1, _) = time.monotonic(), cpu_clock()
+        foreign = max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
+        if (foreign < FOREIGN_LIMIT and not any(foreign_activity(directory).values())) or t1 - started >= cap:
+            return t1 - started - window
+
+
 def agent_log_lines(directory: Path, needle: str) -> list[str]:
     lines = []
     for log in sorted((directory / "logs").glob(f"vnode-{NODE}.*.log")):
@@ -475,6 +488,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="baseline start-ups, and decode runs per side")
     parser.add_argument("--pods", type=int, default=20, help="pods for the start-up overhead")
     parser.add_argument("--base-port", type=int, default=18000)
+    parser.add_argument("--wait-quiet", type=float, default=30.0, metavar="S",
+                        help="before each sample wait up to S s for other processes to use < 0.15 core (0: don't)")
     args = parser.parse_args()
 
     directory = (args.dir or Path(tempfile.mkdtemp(prefix="vnode-bench-pods-"))).resolve()
@@ -509,6 +524,7 @@ def main() -> int:
         def sample(fn, *a, **kw) -> dict:
             # Other people's clusters on this machine share its cores: mark samples taken with one running.
             # Also CPU used by anything that is not this script's process tree (foreign cores busy).
+            waited = wait_quiet(directory, args.wait_quiet) if args.wait_quiet > 0 else 0.0
             before = foreign_activity(directory)
             t0, (busy0, ours0, steal0) = time.monotonic(), cpu_clock()
             out = fn(*a, **kw)
@@ -517,6 +533,7 @@ def main() -> int:
             out["foreign_cores"] = round(max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0), 3)
             out["steal_cores"] = round((steal1 - steal0) / (t1 - t0), 3)
             out["other_clusters"] = {k: max(before[k], after[k]) for k in before}
+            out["waited_for_quiet_s"] = round(waited, 1)
             out["contended"] = any(before.values()) or any(after.values()) or out["foreign_cores"] > FOREIGN_LIMIT
             return out
 
@@ -646,6 +663,24 @@ def main() -> int:
         "agent_log_for_one_pod": admitted,
         "targets": TARGETS,
     }
+    contended = {k: sum(1 for x in v if x.get("contended")) for k, v in
+                 (("baseline", baseline), ("pods", pods), ("decode vnode", decode_pods), ("decode by hand", decode_hand))}
+    result["noise"]["contended_samples"] = contended
+    quiet: dict = {}
+    qb = [b["health_s"] for b in baseline if not b.get("contended")]
+    qp = [p for p in pods if not p.get("contended")]
+    if qb and qp:
+        qbm = statistics.median(qb)
+        quiet["baseline_median_s"] = qbm
+        quiet["startup_n"] = f"{len(qb)} by hand, {len(qp)} pods"
+        quiet["overhead_health_ms"] = summary([(p["health_s"] - qbm) * 1000 for p in qp])
+        quiet["overhead_ready_ms"] = summary([(p["ready_s"] - qbm) * 1000 for p in qp])
+    qv = [d["decode"]["tokens_per_s"] for d in decode_pods if not d.get("contended")]
+    qh = [d["decode"]["tokens_per_s"] for d in decode_hand if not d.get("contended")]
+    if qv and qh:
+        quiet.update(decode_vnode_tps=statistics.median(qv), decode_by_hand_tps=statistics.median(qh),
+                     decode_ratio=statistics.median(qv) / statistics.median(qh), decode_n=f"{len(qv)} vnode, {len(qh)} by hand")
+    result["quiet_only"] = quiet
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"pods-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2))
@@ -673,6 +708,11 @@ def main() -> int:
     if of["n"]:
         print(f"  vnode's own part up to the server process (POST -> llama-server forked, minus {base_fork:.0f} ms by hand): "
               f"p50 {of['median']:.0f} ms  p99 {of['p99']:.0f} ms")
+    q = result["quiet_only"]
+    if (contended["baseline"] or contended["pods"]) and q.get("overhead_health_ms"):
+        qh, qr = q["overhead_health_ms"], q["overhead_ready_ms"]
+        print(f"  quiet samples only ({q['startup_n']}): overhead at /health p50 {qh['median']:.0f} ms p99 {qh['p99']:.0f} ms; "
+              f"at Ready p50 {qr['median']:.0f} ms p99 {qr['p99']:.0f} ms")
     print("  where the time goes (median ms over the pods):")
     for name, s in st["breakdown_ms"].items():
         if s["n"]:
@@ -687,7 +727,14 @@ def main() -> int:
     print(f"  through vnode  min {d['vnode_tokens_per_s']['min']:.2f}   median {d['vnode_tokens_per_s']['median']:.2f} tokens/s")
     print(f"  by hand        min {d['by_hand_tokens_per_s']['min']:.2f}   median {d['by_hand_tokens_per_s']['median']:.2f} tokens/s")
     print(f"  ratio vnode/by-hand {ratio:.3f} vs target >= 0.99: {verdict(ratio, TARGETS['decode_ratio'], at_most=False)}")
-    print(f"  per run, in order: vnode {[round(x, 1) for x in tps_pod]}  by hand {[round(x, 1) for x in tps_hand]}")
+    def runs_line(runs: list[dict]) -> str:
+        return " ".join(f"{r['decode']['tokens_per_s']:.1f}{'*' if r.get('contended') else ''}" for r in runs)
+
+    print(f"  per run, in order (* = other load on the machine): vnode [{runs_line(decode_pods)}]  by hand [{runs_line(decode_hand)}]")
+    q = result["quiet_only"]
+    if q.get("decode_ratio") is not None and (contended["decode vnode"] or contended["decode by hand"]):
+        print(f"  quiet runs only: vnode median {q['decode_vnode_tps']:.2f}, by hand {q['decode_by_hand_tps']:.2f} tokens/s, "
+              f"ratio {q['decode_ratio']:.3f} ({q['decode_n']} runs)")
     for side, runs in (("vnode", decode_pods), ("by hand", decode_hand)):
         keys = sorted({k for r in runs for k in r["decode"]["cpu_s"]})
         cpu = {k: statistics.median(r["decode"]["cpu_s"].get(k, 0.0) for r in runs) for k in keys}
@@ -702,13 +749,11 @@ def main() -> int:
     if hwm_hand:
         print(f"  by-hand server VmHWM         {m['by_hand_vm_hwm_bytes']['median'] / mib:7.1f} MiB median")
     print(f"  relative error {rel_error * 100:+.1f} % vs target within 10 %: {verdict(abs(rel_error), TARGETS['memory_rel_error'], at_most=True)}")
-    contended = {k: sum(1 for x in v if x.get("contended")) for k, v in
-                 (("baseline", baseline), ("pods", pods), ("decode vnode", decode_pods), ("decode by hand", decode_hand))}
-    result["noise"]["contended_samples"] = contended
-    out.write_text(json.dumps(result, indent=2))
     if any(contended.values()):
-        print(f"warning: another cluster/llama-server was running on this machine during some samples {contended}; those numbers are noisier")
-    print(f"took {elapsed:.0f} s; cluster logs in {directory / 'logs'}")
+        print(f"warning: samples taken while other processes used > {FOREIGN_LIMIT} core or another cluster ran: {contended}; "
+              "those numbers are noisier (see foreign_cores in the JSON)")
+    waited = sum(x.get("waited_for_quiet_s", 0.0) for x in (*baseline, *pods, *decode_pods, *decode_hand))
+    print(f"took {elapsed:.0f} s ({waited:.0f} s of it waiting for other load on the machine to pass); cluster logs in {directory / 'logs'}")
     print(f"written to {out}")
     return 0
 

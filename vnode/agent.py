@@ -149,7 +149,8 @@ async def run_agent(settings: Settings) -> int:
     if settings.tls_cert_file and settings.tls_private_key_file:
         app = build_app(
             ApiContext(node_name=settings.node_name, pods=pods, supervisor=ctx.supervisor, log_dir=None,
-                       config=public_config(settings), ready=readiness_problems, metrics=metrics),
+                       config=public_config(settings), ready=readiness_problems, metrics=metrics,
+                       exec_enabled=settings.enable_exec),
             authn=Authenticator(api), authz=Authorizer(api, node_name=settings.node_name),
             anonymous=settings.anonymous_auth,
         )

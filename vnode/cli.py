@@ -42,6 +42,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      help=fields["register_taint"].description + " (default: on)")
     run.add_argument("--force", dest="force", action="store_true", default=None, help=fields["force"].description)
     run.add_argument("--offline", dest="offline", action="store_true", default=None, help=fields["offline"].description)
+    run.add_argument("--enable-exec", dest="enable_exec", action=argparse.BooleanOptionalAction, default=None,
+                     help=fields["enable_exec"].description + " (default: on)")
     run.add_argument("--anonymous-auth", dest="anonymous_auth", action="store_true", default=None,
                      help=fields["anonymous_auth"].description)
     run.add_argument("--allow-exec-probes", dest="allow_exec_probes", action="store_true", default=None,

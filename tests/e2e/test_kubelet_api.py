@@ -114,3 +114,47 @@ def test_service_account_authorized_by_subresource(cluster, served):
 def test_agent_metrics_through_the_api_server(cluster, served):
     text = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/metrics").stdout
     assert "vnode_pod_workers" in text and 'vnode_container_restarts{container="server"' in text
+
+
+def test_kubectl_exec_prints_and_returns_the_exit_code(cluster, served):
+    ns_name, pod = served
+    out = cluster.kubectl("exec", "-n", ns_name, pod, "--", "sh", "-c", "echo $HOSTNAME; echo oops >&2; exit 3", check=False)
+    assert out.returncode == 3, out.stderr
+    assert out.stdout.strip() == pod and "oops" in out.stderr
+
+
+def test_kubectl_exec_with_stdin(cluster, served):
+    ns_name, pod = served
+    out = cluster.kubectl("exec", "-i", "-n", ns_name, pod, "--", "tr", "a-z", "A-Z", input="hello mac\n")
+    assert out.stdout == "HELLO MAC\n"
+
+
+def _port_forward(cluster, ns_name: str, pod: str, local: int):
+    state = cluster.state
+    proc = subprocess.Popen([state.kubectl, f"--kubeconfig={state.admin_kubeconfig}", "port-forward", "-n", ns_name,
+                             f"pod/{pod}", f"{local}:{PORT}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc
+
+
+def test_kubectl_port_forward_serves_chat_and_runs_in_parallel(cluster, served):
+    from vnode.cluster.local import free_port
+
+    ns_name, pod = served
+    a, b = free_port("127.0.0.1"), free_port("127.0.0.1")
+    forwards = [_port_forward(cluster, ns_name, pod, a), _port_forward(cluster, ns_name, pod, b)]
+    try:
+        for local in (a, b):
+            answer = wait_for(lambda: complete(f"http://127.0.0.1:{local}", chat=True), timeout=30, what=f"chat via port-forward {local}")
+            assert answer["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        for proc in forwards:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_kubectl_exec_tty_sees_its_size(cluster, served):
+    ns_name, pod = served
+    state = cluster.state
+    inner = f"stty cols 101 rows 33; {state.kubectl} --kubeconfig={state.admin_kubeconfig} exec -it -n {ns_name} {pod} -- stty size"
+    out = subprocess.run(["script", "-qec", inner, "/dev/null"], capture_output=True, text=True, timeout=60)
+    assert "33 101" in out.stdout, (out.stdout, out.stderr)

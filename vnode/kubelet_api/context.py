@@ -21,6 +21,7 @@ class ApiContext:
     config: dict[str, Any] = field(default_factory=dict)  # what /configz shows
     ready: Any = None  # callable -> list of problems (empty when healthy)
     metrics: Any = None  # prometheus CollectorRegistry served on /metrics
+    exec_enabled: bool = True
 
     def find_pod(self, namespace: str, name: str):
         for worker in list(self.pods.workers.values()):

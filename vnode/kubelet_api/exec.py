@@ -1,0 +1,322 @@
+"""/exec and /attach: `kubectl exec` and `kubectl attach` on the Mac node.
+
+exec runs the command as vnode's user in the pod's sandbox directory with the pod's
+environment (there is no container to enter), with stdin/stdout/stderr and, for `-t`, a
+pty whose size follows the client's resize stream. attach streams the server's output as
+it is written. Both speak SPDY/3.1 (what the API server uses towards kubelets) and the
+WebSocket channel protocols (clients that reach the kubelet that way). Exec can be turned
+off by configuration: then every exec is a 403 that says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import pty
+import struct
+import termios
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from aiohttp import web
+
+from vnode.kubelet_api import websocket as ws
+from vnode.kubelet_api.context import context
+from vnode.kubelet_api.spdy import SpdySession, SpdyStream
+from vnode.kubelet_api.upgrade import accept_spdy, offered_protocols, wants_spdy
+from vnode.provider.logs import LogOptions
+from vnode.provider.logs import stream as log_stream
+
+log = logging.getLogger(__name__)
+
+SPDY_EXEC_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
+STREAM_WAIT = 30.0  # the kubelet's stream creation timeout
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "TERM")
+
+
+class Channels(Protocol):
+    """What exec/attach need from a transport (SPDY streams or WebSocket channels)."""
+
+    async def read_stdin(self) -> bytes: ...
+    async def write_stdout(self, data: bytes) -> None: ...
+    async def write_stderr(self, data: bytes) -> None: ...
+    def resize_events(self) -> AsyncIterator[tuple[int, int]]: ...
+    async def send_status(self, exit_code: int | None, message: str = "") -> None: ...
+    async def close(self) -> None: ...
+
+
+class SpdyChannels:
+    """Exec channels over SPDY streams identified by their `streamtype` header."""
+
+    def __init__(self, session: SpdySession, protocol: str) -> None:
+        self.session, self.protocol = session, protocol
+        self.streams: dict[str, SpdyStream] = {}
+
+    async def collect(self, wanted: set[str]) -> None:
+        async def gather() -> None:
+            while not wanted <= set(self.streams):
+                stream = await self.session.accept()
+                if stream is None:
+                    raise ConnectionError("the client closed the connection before opening its streams")
+                self.streams[stream.header("streamtype") or ""] = stream
+
+        await asyncio.wait_for(gather(), STREAM_WAIT)
+
+    async def read_stdin(self) -> bytes:
+        s = self.streams.get("stdin")
+        return await s.read(65536) if s else b""
+
+    async def write_stdout(self, data: bytes) -> None:
+        if "stdout" in self.streams:
+            await self.streams["stdout"].write(data)
+
+    async def write_stderr(self, data: bytes) -> None:
+        if "stderr" in self.streams:
+            await self.streams["stderr"].write(data)
+
+    async def resize_events(self) -> AsyncIterator[tuple[int, int]]:
+        s = self.streams.get("resize")
+        if s is None:
+            return
+        buffer = b""
+        while True:
+            chunk = await s.read(4096)
+            if not chunk:
+                return
+            buffer += chunk
+            while b"\n" in buffer or buffer.strip().endswith(b"}"):
+                line, _, buffer = buffer.partition(b"\n") if b"\n" in buffer else (buffer, b"", b"")
+                try:
+                    size = json.loads(line)
+                    yield int(size["Width"]), int(size["Height"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    async def send_status(self, exit_code: int | None, message: str = "") -> None:
+        err = self.streams.get("error")
+        if err is None:
+            return
+        if self.protocol == "v4.channel.k8s.io":
+            await err.write(json.dumps(ws.exit_status(exit_code, message)).encode())
+        elif exit_code or message:
+            await err.write((message or f"command terminated with non-zero exit code: exit status {exit_code}").encode())
+
+    async def close(self) -> None:
+        for s in self.streams.values():
+            with contextlib.suppress(Exception):
+                await s.close()
+        await self.session.close()
+
+
+def _query_bool(request: web.Request, *names: str) -> bool:
+    return any(request.query.get(n, "").lower() in ("1", "true") for n in names)
+
+
+def _target(request: web.Request):
+    ctx = context(request)
+    ns, name = request.match_info["namespace"], request.match_info["pod"]
+    container = request.match_info["container"]
+    worker = ctx.find_pod(ns, name)
+    if worker is None:
+        raise web.HTTPNotFound(reason=f'pod "{name}" in namespace "{ns}" is not on node {ctx.node_name}')
+    runner = worker.runners.get(container)
+    if runner is None or runner.launch is None or runner.instance is None:
+        raise web.HTTPBadRequest(reason=f'container "{container}" in pod "{name}" is not running')
+    return ctx, worker, runner
+
+
+async def _open(request: web.Request, *, wanted: set[str]) -> tuple[Channels, web.StreamResponse]:
+    if wants_spdy(request):
+        offered = offered_protocols(request)
+        protocol = next((p for p in SPDY_EXEC_PROTOCOLS if p in offered), None)
+        if protocol is None:
+            raise web.HTTPBadRequest(reason=f"unsupported streaming protocol(s) {offered}; vnode speaks {list(SPDY_EXEC_PROTOCOLS)}")
+        reader, writer, response = await accept_spdy(request, protocol=protocol)
+        session = SpdySession(reader, writer)
+        session.start()
+        channels = SpdyChannels(session, protocol)
+        try:
+            await channels.collect(wanted)
+        except (TimeoutError, ConnectionError):
+            await session.close()
+            writer.close()
+            raise ConnectionError("streams not opened in time") from None
+        return channels, response
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        socket, protocol = await ws.accept(request, kind="exec")
+        return await ws.exec_session(socket, protocol), socket
+    raise web.HTTPBadRequest(reason="exec, attach and port-forward need an upgrade: SPDY/3.1 or WebSocket")
+
+
+async def exec_handler(request: web.Request) -> web.StreamResponse:
+    ctx, worker, runner = _target(request)
+    if not ctx.exec_enabled:
+        raise web.HTTPForbidden(reason="exec is disabled on this node (vnode run --no-enable-exec)")
+    command = request.query.getall("command", [])
+    if not command:
+        raise web.HTTPBadRequest(reason="command is required")
+    tty = _query_bool(request, "tty")
+    want_stdin = _query_bool(request, "stdin", "input")
+    wanted = {"error"} | ({"stdin"} if want_stdin else set()) | ({"stdout"} if _query_bool(request, "stdout", "output") else set())
+    if not tty and _query_bool(request, "stderr", "error"):
+        wanted.add("stderr")
+    if tty:
+        wanted.add("resize")
+    try:
+        channels, response = await _open(request, wanted=wanted)
+    except ConnectionError:
+        return web.Response(status=400)
+    launch = runner.launch
+    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+    env.update(launch.env)
+    env.setdefault("HOSTNAME", worker.pod["metadata"]["name"])
+    log.info("exec in %s/%s: %s", worker.ref, runner.c.name, command[0])
+    try:
+        code, message = await _run(command, cwd=launch.workdir, env=env, channels=channels, tty=tty, stdin=want_stdin)
+        await channels.send_status(code, message)
+    except Exception as exc:  # noqa: BLE001 - report it to the client as a Status
+        log.warning("exec in %s failed: %s", worker.ref, exc)
+        with contextlib.suppress(Exception):
+            await channels.send_status(None, f"vnode: exec failed: {exc}")
+    finally:
+        with contextlib.suppress(Exception):
+            await channels.close()
+        if request.transport is not None:
+            request.transport.close()
+    return response
+
+
+async def _run(command: list[str], *, cwd: str, env: dict[str, str], channels: Channels, tty: bool, stdin: bool) -> tuple[int | None, str]:
+    loop = asyncio.get_running_loop()
+    if tty:
+        master, slave = pty.openpty()
+        resizes = channels.resize_events()
+        first = None
+        with contextlib.suppress(TimeoutError, StopAsyncIteration):
+            first = await asyncio.wait_for(resizes.__anext__(), 1.0)
+        if first:
+            _set_size(master, *first)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+            )
+        except OSError as exc:
+            os.close(master)
+            os.close(slave)
+            return 126 if isinstance(exc, PermissionError) else 127, f"vnode: cannot run {command[0]}: {exc.strerror}"
+        os.close(slave)
+        os.set_blocking(master, False)
+        out_queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def readable() -> None:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(master)
+            out_queue.put_nowait(data)
+
+        loop.add_reader(master, readable)
+
+        async def pump_out() -> None:
+            while (data := await out_queue.get()):
+                await channels.write_stdout(data)
+
+        async def pump_in() -> None:
+            while stdin and (data := await channels.read_stdin()):
+                await loop.run_in_executor(None, os.write, master, data)
+
+        async def follow_resize() -> None:
+            async for w, h in resizes:
+                _set_size(master, w, h)
+
+        tasks = [asyncio.create_task(pump_in()), asyncio.create_task(follow_resize())]
+        out = asyncio.create_task(pump_out())
+        code = await proc.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(out, 2.0)
+        for t in (*tasks, out):
+            t.cancel()
+        loop.remove_reader(master)
+        os.close(master)
+    else:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command, cwd=cwd, env=env, start_new_session=True,
+                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            return 126 if isinstance(exc, PermissionError) else 127, f"vnode: cannot run {command[0]}: {exc.strerror}"
+
+        async def copy(source: asyncio.StreamReader, write) -> None:
+            while (data := await source.read(65536)):
+                await write(data)
+
+        async def feed() -> None:
+            assert proc.stdin is not None
+            try:
+                while (data := await channels.read_stdin()):
+                    proc.stdin.write(data)
+                    await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    proc.stdin.close()
+
+        feeder = asyncio.create_task(feed()) if stdin else None
+        await asyncio.gather(copy(proc.stdout, channels.write_stdout), copy(proc.stderr, channels.write_stderr))
+        code = await proc.wait()
+        if feeder:
+            feeder.cancel()
+    if code < 0:
+        code = 128 - code
+    return code, ""
+
+
+def _set_size(fd: int, width: int, height: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+async def attach_handler(request: web.Request) -> web.StreamResponse:
+    """Stream the running server's output from now on (its stdin is not attachable)."""
+    ctx, worker, runner = _target(request)
+    wanted = {"error"} | ({"stdout"} if _query_bool(request, "stdout", "output") else set())
+    if not _query_bool(request, "tty"):
+        wanted |= {"stderr"} if _query_bool(request, "stderr", "error") else set()
+    try:
+        channels, response = await _open(request, wanted=wanted)
+    except ConnectionError:
+        return web.Response(status=400)
+    inst = runner.instance
+    path = ctx.supervisor.log_path(worker.uid, runner.c.name, inst.instance)
+    try:
+        # Only what is written from now on, as attaching to a process's output does.
+        opts = LogOptions(tail_lines=0)
+        async for line in log_stream(path, opts, follow=True, finished=lambda: not ctx.supervisor.alive(inst)):
+            await channels.write_stdout(line)
+        await channels.send_status(0)
+    except Exception as exc:  # noqa: BLE001 - the client went away, most likely
+        log.debug("attach to %s ended: %s", worker.ref, exc)
+    finally:
+        with contextlib.suppress(Exception):
+            await channels.close()
+        if request.transport is not None:
+            request.transport.close()
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    for method in ("GET", "POST"):
+        app.router.add_route(method, "/exec/{namespace}/{pod}/{container}", exec_handler)
+        app.router.add_route(method, "/exec/{namespace}/{pod}/{uid}/{container}", exec_handler)
+        app.router.add_route(method, "/attach/{namespace}/{pod}/{container}", attach_handler)
+        app.router.add_route(method, "/attach/{namespace}/{pod}/{uid}/{container}", attach_handler)
+

@@ -158,3 +158,18 @@ def test_kubectl_exec_tty_sees_its_size(cluster, served):
     inner = f"stty cols 101 rows 33; {state.kubectl} --kubeconfig={state.admin_kubeconfig} exec -it -n {ns_name} {pod} -- stty size"
     out = subprocess.run(["script", "-qec", inner, "/dev/null"], capture_output=True, text=True, timeout=60)
     assert "33 101" in out.stdout, (out.stdout, out.stderr)
+
+
+def test_kubectl_attach_streams_the_servers_output(cluster, served):
+    ns_name, pod = served
+    state = cluster.state
+    attach = subprocess.Popen([state.kubectl, f"--kubeconfig={state.admin_kubeconfig}", "attach", "-n", ns_name, pod, "-c", "server"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        complete(f"http://{state.host.ns_ip}:{PORT}")
+        os.set_blocking(attach.stdout.fileno(), False)
+        assert wait_for(lambda: attach.stdout.read() or None, timeout=20, what="attached output").strip()
+    finally:
+        attach.terminate()
+        attach.wait(10)

@@ -173,3 +173,63 @@ def test_kubectl_attach_streams_the_servers_output(cluster, served):
     finally:
         attach.terminate()
         attach.wait(10)
+
+
+def _tls_socket(cluster):
+    import socket
+
+    pki = f"{cluster.state.directory}/pki"
+    ctx = ssl.create_default_context(cafile=f"{pki}/ca.crt")
+    ctx.load_cert_chain(f"{pki}/apiserver-kubelet-client.crt", f"{pki}/apiserver-kubelet-client.key")
+    raw = socket.create_connection((cluster.state.host.ns_ip, 10250), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname=cluster.state.host.ns_ip)
+
+
+def _upgrade(sock, path: str, protocol: str | None = "v4.channel.k8s.io") -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: vnode", "Connection: Upgrade", "Upgrade: SPDY/3.1", "Content-Length: 0"]
+    if protocol:
+        lines.append(f"X-Stream-Protocol-Version: {protocol}")
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def test_malformed_streaming_requests_get_errors_and_the_server_keeps_serving(cluster, served):
+    from vnode.kubelet_api.spdy import DataFrame, FrameEncoder, FrameParser, GoAwayFrame, SynStreamFrame
+
+    ns_name, pod = served
+    path = f"/exec/{ns_name}/{pod}/server?command=true&stdout=true"
+    # 1. An upgrade without a protocol version: a 400 Status, not a hang.
+    with _tls_socket(cluster) as sock:
+        head = _upgrade(sock, path, protocol=None)
+        assert head.startswith(b"HTTP/1.1 400"), head[:200]
+    # 2. A protocol nobody speaks.
+    with _tls_socket(cluster) as sock:
+        assert _upgrade(sock, path, protocol="v99.channel.k8s.io").startswith(b"HTTP/1.1 400")
+    # 3. Garbage after the upgrade (a truncated, wrong-version frame): GOAWAY and close.
+    with _tls_socket(cluster) as sock:
+        assert _upgrade(sock, path).startswith(b"HTTP/1.1 101")
+        sock.sendall(b"\x80\x07\x00\x01\x00\x00\x00\x08\x00")
+        frames = FrameParser().feed(sock.recv(65536))
+        assert any(isinstance(f, GoAwayFrame) for f in frames), frames
+    # 4. An unknown stream type is not a crash: the exec still ends with its status.
+    with _tls_socket(cluster) as sock:
+        assert _upgrade(sock, path).startswith(b"HTTP/1.1 101")
+        enc = FrameEncoder()
+        for sid, kind in ((1, "bogus"), (3, "error"), (5, "stdout")):
+            sock.sendall(enc.encode(SynStreamFrame(stream_id=sid, headers={"streamtype": [kind]})))
+        got, parser = b"", FrameParser()
+        sock.settimeout(10)
+        while b"Success" not in got:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += b"".join(f.data for f in parser.feed(chunk) if isinstance(f, DataFrame))
+        assert b"Success" in got
+    # And everyone else is still served.
+    assert cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/healthz").stdout == "ok"

@@ -233,3 +233,16 @@ def test_malformed_streaming_requests_get_errors_and_the_server_keeps_serving(cl
         assert b"Success" in got
     # And everyone else is still served.
     assert cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/healthz").stdout == "ok"
+
+
+def test_python_client_stream_exec_over_websocket(cluster, served):
+    from kubernetes import client, config
+    from kubernetes.stream import stream
+
+    ns_name, pod = served
+    api = client.CoreV1Api(config.new_client_from_config(config_file=cluster.state.admin_kubeconfig))
+    resp = stream(api.connect_get_namespaced_pod_exec, pod, ns_name, command=["sh", "-c", "echo from-mac; exit 3"],
+                  stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+    resp.run_forever(timeout=30)
+    assert "from-mac" in resp.read_stdout()
+    assert resp.returncode == 3

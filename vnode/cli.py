@@ -44,6 +44,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--offline", dest="offline", action="store_true", default=None, help=fields["offline"].description)
     run.add_argument("--enable-exec", dest="enable_exec", action=argparse.BooleanOptionalAction, default=None,
                      help=fields["enable_exec"].description + " (default: on)")
+    for flag in ("bootstrap_serving_cert", "self_signed_serving_cert"):
+        run.add_argument(flag_name(flag), dest=flag, action="store_true", default=None, help=fields[flag].description)
     run.add_argument("--anonymous-auth", dest="anonymous_auth", action="store_true", default=None,
                      help=fields["anonymous_auth"].description)
     run.add_argument("--allow-exec-probes", dest="allow_exec_probes", action="store_true", default=None,

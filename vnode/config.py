@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     allow_exec_probes: bool = Field(default=False, description="allow exec probes (they run commands on this machine)")
     tls_cert_file: Path | None = Field(default=None, description="kubelet API serving certificate (PEM)")
     tls_private_key_file: Path | None = Field(default=None, description="key of the serving certificate (PEM)")
+    bootstrap_serving_cert: bool = Field(default=False, description="request the serving certificate with a kubelet-serving CSR (an admin approves it)")
+    self_signed_serving_cert: bool = Field(default=False, description="serve the kubelet API with a self-signed certificate (API servers that verify kubelets refuse it)")
     client_ca_file: Path | None = Field(default=None, description="CA for client certificates on the kubelet API (the API server's kubelet-client)")
     enable_exec: bool = Field(default=True, description="serve kubectl exec (runs commands on this machine as vnode's user; RBAC pods/exec still applies)")
     anonymous_auth: bool = Field(default=False, description="let unauthenticated requests through to authorization as system:anonymous")

@@ -88,12 +88,12 @@ class Agents:
             user=f"system:node:{name}",
         )
 
-    def start(self, *extra: str, name: str = NODE, env: dict[str, str] | None = None) -> Proc:
+    def start(self, *extra: str, name: str = NODE, env: dict[str, str] | None = None, serving_cert: bool = True) -> Proc:
         state = self.cluster.state
         assert state is not None
         if not state.node_kubeconfig(name).exists():
             self.credentials(name)
-        proc = self.cluster.start_agent(*extra, node_name=name, env=env)
+        proc = self.cluster.start_agent(*extra, node_name=name, env=env, serving_cert=serving_cert)
         self.started.append(proc)
         return proc
 

@@ -280,7 +280,7 @@ class LocalCluster:
             raise ClusterError(f"`kubectl {' '.join(args)}` failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
 
-    def agent_command(self, *extra: str, node_name: str | None = None) -> list[str]:
+    def agent_command(self, *extra: str, node_name: str | None = None, serving_cert: bool = True) -> list[str]:
         """The command line of `vnode run` for this cluster's node, inside the node's namespace."""
         assert self.state is not None
         name = node_name or self.state.node_name
@@ -289,17 +289,18 @@ class LocalCluster:
             *self.state.host.exec_prefix(), sys.executable, "-m", "vnode", "run",
             f"--kubeconfig={self.state.node_kubeconfig(name)}", f"--node-name={name}",
             f"--host-ip={self.state.host.ns_ip}", f"--state-dir={self.dir / 'agents' / name}",
-            f"--tls-cert-file={pki_dir / f'node-{name}-serving.crt'}", f"--tls-private-key-file={pki_dir / f'node-{name}-serving.key'}",
+            *([f"--tls-cert-file={pki_dir / f'node-{name}-serving.crt'}", f"--tls-private-key-file={pki_dir / f'node-{name}-serving.key'}"]
+              if serving_cert else []),
             f"--client-ca-file={pki_dir / 'ca.crt'}", *extra,
         ]
 
-    def start_agent(self, *extra: str, node_name: str | None = None, env: dict[str, str] | None = None) -> Proc:
+    def start_agent(self, *extra: str, node_name: str | None = None, env: dict[str, str] | None = None, serving_cert: bool = True) -> Proc:
         """Start `vnode run` in the background and record it, so `down()` stops it too."""
         assert self.state is not None
         name = node_name or self.state.node_name
         runs = len(list((self.dir / "logs").glob(f"vnode-{name}.*.log")))
         log = self.dir / "logs" / f"vnode-{name}.{runs + 1}.log"
-        proc = processes.start(f"vnode-{name}", self.agent_command(*extra, node_name=name), log=log, env={**os.environ, **(env or {})})
+        proc = processes.start(f"vnode-{name}", self.agent_command(*extra, node_name=name, serving_cert=serving_cert), log=log, env={**os.environ, **(env or {})})
         self.state.procs.append(proc.to_dict())
         self.state.save()
         return proc

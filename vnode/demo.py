@@ -167,6 +167,8 @@ def demo(directory: Path) -> int:
     print(f"  tokens:  {answer['usage']['prompt_tokens']} prompt, {answer['usage']['completion_tokens']} completion"
           " (Gemma 3 270M is a base model: the words vary, the plumbing is the point)")
     print()
-    print(f"kubectl:  {state.kubectl} --kubeconfig {state.admin_kubeconfig} get pods,svc,endpointslices")
+    kubectl = f"{state.kubectl} --kubeconfig {state.admin_kubeconfig}"
+    print(f"kubectl:  {kubectl} get pods,svc,endpointslices")
+    print(f"          {kubectl} logs deploy/{APP}    |  exec deploy/{APP} -- ls  |  port-forward deploy/{APP} 8080")
     print(f"stop:     vnode cluster down --dir {directory}")
     return 0

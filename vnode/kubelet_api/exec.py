@@ -180,6 +180,11 @@ async def exec_handler(request: web.Request) -> web.StreamResponse:
     try:
         code, message = await _run(command, cwd=launch.workdir, env=env, channels=channels, tty=tty, stdin=want_stdin)
         await channels.send_status(code, message)
+    except asyncio.CancelledError:
+        # The agent is shutting down: end the session with a Status, not a reset.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(channels.send_status(None, "vnode is shutting down; the command was stopped"))
+        raise
     except Exception as exc:  # noqa: BLE001 - report it to the client as a Status
         log.warning("exec in %s failed: %s", worker.ref, exc)
         with contextlib.suppress(Exception):
@@ -240,7 +245,7 @@ async def _run(command: list[str], *, cwd: str, env: dict[str, str], channels: C
 
         tasks = [asyncio.create_task(pump_in()), asyncio.create_task(follow_resize())]
         out = asyncio.create_task(pump_out())
-        code = await proc.wait()
+        code = await _wait_or_kill(proc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(out, 2.0)
         for t in (*tasks, out):
@@ -274,13 +279,31 @@ async def _run(command: list[str], *, cwd: str, env: dict[str, str], channels: C
                     proc.stdin.close()
 
         feeder = asyncio.create_task(feed()) if stdin else None
-        await asyncio.gather(copy(proc.stdout, channels.write_stdout), copy(proc.stderr, channels.write_stderr))
-        code = await proc.wait()
+        try:
+            await asyncio.gather(copy(proc.stdout, channels.write_stdout), copy(proc.stderr, channels.write_stderr))
+        except asyncio.CancelledError:
+            _kill(proc)
+            raise
+        code = await _wait_or_kill(proc)
         if feeder:
             feeder.cancel()
     if code < 0:
         code = 128 - code
     return code, ""
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, 9)
+
+
+async def _wait_or_kill(proc: asyncio.subprocess.Process) -> int:
+    """The exit code; if the session is cancelled first, the command's process group dies."""
+    try:
+        return await proc.wait()
+    except asyncio.CancelledError:
+        _kill(proc)
+        raise
 
 
 def _set_size(fd: int, width: int, height: int) -> None:

@@ -184,7 +184,7 @@ async def run_agent(settings: Settings) -> int:
     )
     pods = PodController(ctx)
     metrics = registry(models=models, pods=pods)
-    api_ctx = ApiContext(node_name=settings.node_name, pods=pods, supervisor=ctx.supervisor, log_dir=None,
+    api_ctx = ApiContext(node_name=settings.node_name, pods=pods, supervisor=ctx.supervisor, log_dir=settings.log_dir,
                          config=public_config(settings), ready=readiness_problems, metrics=metrics,
                          exec_enabled=settings.enable_exec)
 

@@ -34,7 +34,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     for name in ("kubeconfig", "node_name", "host_ip", "kubelet_port", "memory_fraction", "max_pods", "state_dir",
                  "lease_duration_seconds", "node_status_update_seconds", "node_status_report_seconds",
                  "llama_server", "hf_endpoint", "tls_cert_file", "tls_private_key_file", "client_ca_file",
-                 "log_format", "log_level"):
+                 "log_dir", "log_format", "log_level"):
         run.add_argument(flag_name(name), dest=name, default=None, help=fields[name].description)
     run.add_argument("--label", dest="labels", action="append", type=_label, default=None, metavar="KEY=VALUE",
                      help=fields["labels"].description)
@@ -105,11 +105,14 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from vnode import log as vlog
     from vnode.agent import run_agent
 
-    vlog.setup(fmt=settings.log_format, level=settings.log_level)
+    listener = vlog.setup(fmt=settings.log_format, level=settings.log_level, log_dir=settings.log_dir)
     try:
         return asyncio.run(run_agent(settings))
     except KeyboardInterrupt:
         return 130
+    finally:
+        if listener is not None:
+            listener.stop()
 
 
 def _cluster(args: argparse.Namespace) -> int:

@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     client_ca_file: Path | None = Field(default=None, description="CA for client certificates on the kubelet API (the API server's kubelet-client)")
     enable_exec: bool = Field(default=True, description="serve kubectl exec (runs commands on this machine as vnode's user; RBAC pods/exec still applies)")
     anonymous_auth: bool = Field(default=False, description="let unauthenticated requests through to authorization as system:anonymous")
+    log_dir: Path | None = Field(default=None, description="also write vnode.log (rotated) here; served read-only on the kubelet API's /logs/")
     log_format: Literal["text", "json"] = Field(default="text", description="log lines as text or JSON")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
 

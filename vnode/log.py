@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
+from pathlib import Path
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -44,12 +47,25 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup(*, fmt: str = "text", level: str = "info") -> None:
+def setup(*, fmt: str = "text", level: str = "info", log_dir: Path | None = None) -> logging.handlers.QueueListener | None:
+    """Log to stderr and, with `log_dir`, to a rotating vnode.log there (served read-only on
+    the kubelet API's /logs/). File writes happen on a listener thread, never on the loop."""
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    listener = None
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        to_file = logging.handlers.RotatingFileHandler(log_dir / "vnode.log", maxBytes=10 * 1024 * 1024, backupCount=5)
+        to_file.setFormatter(formatter)
+        log_queue: queue.SimpleQueue = queue.SimpleQueue()
+        root.addHandler(logging.handlers.QueueHandler(log_queue))
+        listener = logging.handlers.QueueListener(log_queue, to_file)
+        listener.start()
     # aiohttp and asyncio are chatty at debug; keep them at warning.
     for noisy in ("aiohttp", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return listener

@@ -107,6 +107,8 @@ def test_service_account_authorized_by_subresource(cluster, served):
     assert code == 403 and "subresource(s)=[log,proxy]" not in body and "proxy" in json.loads(body)["message"]
     code, _ = kubelet_get(cluster, "/pods", token=token)
     assert code == 403
+    code, body = kubelet_get(cluster, f"/exec/{ns_name}/{pod}/server?command=true&stdout=true", token=token)
+    assert code == 403 and "proxy" in json.loads(body)["message"]
     code, body = kubelet_get(cluster, "/healthz", token="not-a-token")
     assert code == 401
 
@@ -246,3 +248,12 @@ def test_python_client_stream_exec_over_websocket(cluster, served):
     resp.run_forever(timeout=30)
     assert "from-mac" in resp.read_stdout()
     assert resp.returncode == 3
+
+
+def test_vnode_own_logs_are_served_read_only(cluster, served):
+    listing = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/logs/").stdout
+    assert "vnode.log" in listing
+    text = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/logs/vnode.log").stdout
+    assert "kubelet API listening" in text
+    escape = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/logs/..%2f..%2fpki%2fca.key", check=False)
+    assert escape.returncode != 0

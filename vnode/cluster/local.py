@@ -289,6 +289,7 @@ class LocalCluster:
             *self.state.host.exec_prefix(), sys.executable, "-m", "vnode", "run",
             f"--kubeconfig={self.state.node_kubeconfig(name)}", f"--node-name={name}",
             f"--host-ip={self.state.host.ns_ip}", f"--state-dir={self.dir / 'agents' / name}",
+            f"--log-dir={self.dir / 'agents' / name / 'logs'}",
             *([f"--tls-cert-file={pki_dir / f'node-{name}-serving.crt'}", f"--tls-private-key-file={pki_dir / f'node-{name}-serving.key'}"]
               if serving_cert else []),
             f"--client-ca-file={pki_dir / 'ca.crt'}", *extra,

@@ -70,6 +70,13 @@ def node_ready(cluster: LocalCluster, name: str = NODE) -> bool:
     return condition(json.loads(proc.stdout), "Ready").get("status") == "True"
 
 
+_PORTS: dict[str, int] = {NODE: 10250}
+
+
+def kubelet_port(name: str) -> int:
+    return _PORTS.setdefault(name, 10260 + len(_PORTS))
+
+
 class Agents:
     """Starts `vnode run` processes for a test and stops them by pid afterwards."""
 
@@ -89,10 +96,17 @@ class Agents:
         )
 
     def start(self, *extra: str, name: str = NODE, env: dict[str, str] | None = None, serving_cert: bool = True) -> Proc:
+        """`vnode run` for node `name`. All test nodes share one network namespace, so each
+        name gets its own kubelet port (NODE keeps 10250) unless the test picks one."""
         state = self.cluster.state
         assert state is not None
         if not state.node_kubeconfig(name).exists():
             self.credentials(name)
+        pki_dir = Path(state.directory) / "pki"
+        if serving_cert and not (pki_dir / f"node-{name}-serving.crt").exists():
+            pki.node_credentials(pki_dir, node_name=name, node_ip=state.host.ns_ip)
+        if not any(arg.startswith("--kubelet-port") for arg in extra):
+            extra = (*extra, f"--kubelet-port={kubelet_port(name)}")
         proc = self.cluster.start_agent(*extra, node_name=name, env=env, serving_cert=serving_cert)
         self.started.append(proc)
         return proc

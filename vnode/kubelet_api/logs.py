@@ -90,9 +90,12 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
 
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
-    async for chunk in stream(path, opts, follow=follow and not previous, finished=finished):
-        await response.write(chunk)
-    await response.write_eof()
+    try:
+        async for chunk in stream(path, opts, follow=follow and not previous, finished=finished):
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client stopped following (Ctrl-C on `kubectl logs -f`): not an error
     return response
 
 

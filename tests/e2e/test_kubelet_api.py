@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from .conftest import wait_for
+from .conftest import kubelet_port, wait_for
 from .test_pods import NODE, apply, complete, deployment, gemma, hub, mac, ns, pod_ready, server_pid  # noqa: F401 - fixtures
 
 PORT = 8110
@@ -33,7 +33,7 @@ def served(cluster, mac):
 
 def kubelet_get(cluster, path: str, *, token: str | None = None) -> tuple[int, str]:
     ctx = ssl.create_default_context(cafile=f"{cluster.state.directory}/pki/ca.crt")
-    req = urllib.request.Request(f"https://{cluster.state.host.ns_ip}:10250{path}")
+    req = urllib.request.Request(f"https://{cluster.state.host.ns_ip}:{kubelet_port(NODE)}{path}")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -183,7 +183,7 @@ def _tls_socket(cluster):
     pki = f"{cluster.state.directory}/pki"
     ctx = ssl.create_default_context(cafile=f"{pki}/ca.crt")
     ctx.load_cert_chain(f"{pki}/apiserver-kubelet-client.crt", f"{pki}/apiserver-kubelet-client.key")
-    raw = socket.create_connection((cluster.state.host.ns_ip, 10250), timeout=10)
+    raw = socket.create_connection((cluster.state.host.ns_ip, kubelet_port(NODE)), timeout=10)
     return ctx.wrap_socket(raw, server_hostname=cluster.state.host.ns_ip)
 
 

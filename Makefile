@@ -34,6 +34,7 @@ e2e: binaries
 bench: binaries
 	$(PY) bench/node.py
 	$(PY) bench/pods.py
+	$(PY) bench/kubelet_api.py
 
 down:
 	$(PY) -m vnode cluster down

@@ -204,10 +204,6 @@ print(json.dumps({"samples": samples, "errors": errors, "reconnects": reconnects
 """
 
 
-def now_ms() -> float:
-    return time.perf_counter() * 1000
-
-
 def summary(values: list[float]) -> dict:
     return podbench.summary(values)
 
@@ -793,10 +789,12 @@ def start_port_forward(children: Children, kubectl: Kubectl) -> tuple[subprocess
 
 
 class Section:
-    """CPU used by other processes on the machine (not this script's tree) during a section."""
+    """CPU used by other processes on the machine (not this script's tree) during a section;
+    first waits (at most `wait` s) for the machine to be quiet."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, wait: float) -> None:
         self.directory = directory
+        self.waited = podbench.wait_quiet(directory, wait) if wait > 0 else 0.0
         self.t0, (self.busy0, self.ours0, _) = time.monotonic(), podbench.cpu_clock()
         self.before = podbench.foreign_activity(directory)
 
@@ -804,7 +802,7 @@ class Section:
         t1, (busy1, ours1, _) = time.monotonic(), podbench.cpu_clock()
         after = podbench.foreign_activity(self.directory)
         foreign = max(0.0, (busy1 - self.busy0) - (ours1 - self.ours0)) / (t1 - self.t0)
-        return {"seconds": round(t1 - self.t0, 1), "foreign_cores": round(foreign, 3),
+        return {"seconds": round(t1 - self.t0, 1), "waited_for_quiet_s": round(self.waited, 1), "foreign_cores": round(foreign, 3),
                 "our_cores": round((ours1 - self.ours0) / (t1 - self.t0), 3),
                 "other_clusters": {k: max(self.before[k], after[k]) for k in after},
                 "contended": foreign > podbench.FOREIGN_LIMIT or any(self.before.values()) or any(after.values())}
@@ -916,6 +914,13 @@ def bench_logs(children: Children, kubectl: Kubectl, kubelet: Kubelet, host: str
             rows.append({"returned": t_ret, "shim_stamp": stamp, "seen_kubectl": seen_k, "seen_direct": seen_d})
     finally:
         children.stop(proc)
+        # Unblock the follower thread first: closing the response waits for its reader's lock.
+        if conn.sock is not None:
+            try:
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+        direct.join(5)
         conn.close()
     lat = {
         "request returned -> line on kubectl stdout": [(r["seen_kubectl"] - r["returned"]) * 1000 for r in rows],
@@ -945,6 +950,16 @@ def prober_summary(data: dict) -> dict:
     return s
 
 
+def split_by_windows(samples: list[list], windows: list[tuple[float, float]]) -> dict:
+    """Probe latencies of probes that overlapped a completion (llama-server computing on every
+    core) and of the others: separates CPU contention from vnode's own work."""
+    during, outside = [], []
+    for end, lat, _status in samples:
+        start = end - lat / 1000
+        (during if any(a <= end and start <= b for a, b in windows) else outside).append(lat)
+    return {"during_completion": summary(during), "outside_completion": summary(outside)}
+
+
 def bench_stall(children: Children, kubectl: Kubectl, kubelet: Kubelet, host: str, agent: Proc, apiserver_pid: int | None,
                 args: argparse.Namespace) -> dict:
     idle = run_prober(kubelet, args.idle_seconds)
@@ -957,6 +972,8 @@ def bench_stall(children: Children, kubectl: Kubectl, kubelet: Kubelet, host: st
     echo_lat: list[float] = []
     errors: list[str] = []
     completions = [0]
+    windows: list[tuple[float, float]] = []  # when a completion ran (llama-server busy on every core)
+    exit_codes: list[int | None] = []
     lock = threading.Lock()
     try:
         for i in range(max(args.sessions, args.followers)):
@@ -995,8 +1012,10 @@ def bench_stall(children: Children, kubectl: Kubectl, kubelet: Kubelet, host: st
         def feed_logs() -> None:
             while not stop.is_set():
                 try:
+                    t_c = time.time()
                     complete(host, 2)
                     completions[0] += 1
+                    windows.append((t_c, time.time()))
                 except Exception as exc:  # noqa: BLE001
                     with lock:
                         errors.append(f"completion: {exc}")
@@ -1011,7 +1030,9 @@ def bench_stall(children: Children, kubectl: Kubectl, kubelet: Kubelet, host: st
         lines0 = sum(f.lines for _, f in followers)
         with lock:
             echo_lat.clear()
-        procs = {"vnode agent": agent.pid, **({"kube-apiserver": apiserver_pid} if apiserver_pid else {})}
+        server = podbench.server_pid(host, SERVER_PORT)
+        procs = {"vnode agent": agent.pid, **({"kube-apiserver": apiserver_pid} if apiserver_pid else {}),
+                 **({"llama-server": server} if server else {})}
         cpu0, t0 = podbench.cpu_seconds(procs), time.monotonic()
         loaded = run_prober(kubelet, args.stall_seconds)
         cpu1, t1 = podbench.cpu_seconds(procs), time.monotonic()
@@ -1026,11 +1047,11 @@ def bench_stall(children: Children, kubectl: Kubectl, kubelet: Kubelet, host: st
             t.join(10)
         for e in execs:
             e.close()
-        for e in execs:
+        for e in execs:  # stdin closed: cat ends, kubectl should exit 0 with the status vnode sent
             try:
-                e.proc.wait(10)
+                exit_codes.append(e.proc.wait(10))
             except subprocess.TimeoutExpired:
-                pass
+                exit_codes.append(None)
             children.stop(e.proc)
         for p, _ in followers:
             children.stop(p)
@@ -1039,9 +1060,11 @@ def bench_stall(children: Children, kubectl: Kubectl, kubelet: Kubelet, host: st
         "probe_interval_ms": PROBE_INTERVAL * 1000,
         "idle_seconds": args.idle_seconds, "load_seconds": args.stall_seconds,
         "idle": prober_summary(idle), "load": prober_summary(loaded),
+        "load_split_by_completion_ms": split_by_windows(loaded["samples"], windows),
         "load_setup": {"sessions": args.sessions, "followers": args.followers, "load_interval_s": args.load_interval,
                        "startup_s": round(startup_s, 1), "followers_connected": connected,
-                       "alive_at_end": {"exec": alive_exec, "logs": alive_logs}},
+                       "alive_at_end": {"exec": alive_exec, "logs": alive_logs},
+                       "exec_exit_codes_after_stdin_eof": dict(Counter(str(c) for c in exit_codes))},
         "exec_echo_under_load_ms": summary(lat),
         "echoes_per_s": len(lat) / (t1 - t0) if t1 > t0 else 0.0,
         "log_lines_delivered": lines1 - lines0,
@@ -1086,8 +1109,11 @@ def main() -> int:
     parser.add_argument("--load-interval", type=float, default=0.02, help="pause between echoes of one loaded exec session (s)")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--stall-seconds", type=float, default=30.0)
+    parser.add_argument("--wait-quiet", type=float, default=20.0, metavar="S",
+                        help="before each section wait up to S s for other processes to use < 0.15 core (0: don't)")
     args = parser.parse_args()
 
+    started = time.monotonic()
     directory = (args.dir or Path(tempfile.mkdtemp(prefix="vnode-bench-kapi-"))).resolve()
     noise = {"load_avg_at_start": os.getloadavg(), "other_clusters_at_start": podbench.foreign_activity(directory)}
     binary = ensure_llama_server()
@@ -1100,7 +1126,6 @@ def main() -> int:
     hub: Proc | None = None
     opened: list = []
     sections: dict[str, dict] = {}
-    started = time.monotonic()
     try:
         k8s_config.load_kube_config(config_file=state.admin_kubeconfig)
         core = k8s.CoreV1Api()
@@ -1124,7 +1149,7 @@ def main() -> int:
         apiserver_pid = next((p["pid"] for p in state.procs if p["name"] == "kube-apiserver"), None)
 
         print(f"1. exec round trips: {args.runs} of each kind, interleaved ...", flush=True)
-        sec = Section(directory)
+        sec = Section(directory, args.wait_quiet)
         exec_result = bench_exec(kubectl, kubelet, args.runs)
         sections["exec"] = sec.end()
 
@@ -1137,15 +1162,19 @@ def main() -> int:
                                  SocketEcho("C direct TCP echo (floor)", host, ECHO_PORT),
                                  SocketEcho("D kubectl port-forward echo", "127.0.0.1", pf_echo), SpdyForwardEcho(forward)]
         opened.extend(paths)
-        sec = Section(directory)
+        sec = Section(directory, args.wait_quiet)
         echo_result = bench_echo(paths, args.lines)
         sections["echo"] = sec.end()
         for p in paths:
             p.close()
+        try:
+            echo_result["kubectl_exec_cat_exit_after_stdin_eof"] = exec_proc.wait(10)
+        except subprocess.TimeoutExpired:
+            echo_result["kubectl_exec_cat_exit_after_stdin_eof"] = None
         opened = [forward]
 
         print(f"3. port-forward throughput: {args.bulk_mb} MB per transfer, {args.bulk_runs} per path and direction ...", flush=True)
-        sec = Section(directory)
+        sec = Section(directory, args.wait_quiet)
         bulk_result = bench_bulk(host, pf_bulk, forward, args.bulk_mb, args.bulk_runs)
         sections["bulk"] = sec.end()
         forward.close()
@@ -1154,13 +1183,13 @@ def main() -> int:
         children.stop(exec_proc)
 
         print(f"4. logs -f delivery: {args.log_requests} completions ...", flush=True)
-        sec = Section(directory)
+        sec = Section(directory, args.wait_quiet)
         logs_result = bench_logs(children, kubectl, kubelet, host, args.log_requests)
         sections["logs"] = sec.end()
 
         print(f"5. event loop: /healthz every {PROBE_INTERVAL * 1000:.0f} ms, {args.idle_seconds:.0f} s idle, then "
               f"{args.stall_seconds:.0f} s with {args.sessions} exec + {args.followers} logs -f ...", flush=True)
-        sec = Section(directory)
+        sec = Section(directory, args.wait_quiet)
         stall_result = bench_stall(children, kubectl, kubelet, host, agent, apiserver_pid, args)
         sections["stall"] = sec.end()
         noise["other_clusters_at_end"] = podbench.foreign_activity(directory)
@@ -1237,6 +1266,7 @@ def main() -> int:
         print(f"  {name:40s} {ms_line(s)}")
     for name, d in derived.items():
         print(f"  {name:46s} p50 {d['p50']:6.2f} ms   p99 {d['p99']:6.2f} ms")
+    print(f"  kubectl exec -i cat exit code after its stdin closed: {echo_result['kubectl_exec_cat_exit_after_stdin_eof']}")
     added = derived["added_by_vnode_exec (B-C)"]["p50"]
     print(f"  added by vnode at p50 (B - C, the fair baseline: same echo, no vnode) vs target <= 5 ms: "
           f"{verdict(max(added, 1e-9), TARGETS['echo_added_by_vnode_p50_ms'], at_most=True)}")
@@ -1266,10 +1296,14 @@ def main() -> int:
               f"vs target <= 50 ms: {verdict(bound, TARGETS['loop_stall_ms'], at_most=True)}")
         print(f"    (max latency alone {st['load']['max']:.1f} ms: {verdict(st['load']['max'], TARGETS['loop_stall_ms'], at_most=True)}; "
               "both include CPU contention, so they overstate stalls)")
+    sp = st["load_split_by_completion_ms"]
+    print(f"    probes overlapping a completion ({sp['during_completion'].get('n', 0)}):  {ms_line(sp['during_completion'])}")
+    print(f"    probes outside completions ({sp['outside_completion'].get('n', 0)}):    {ms_line(sp['outside_completion'])}")
     print(f"  load: {ls['sessions']} kubectl exec -i cat echoing every {ls['load_interval_s'] * 1000:.0f} ms "
           f"({st['echoes_per_s']:.0f} echoes/s, echo {ms_line(st['exec_echo_under_load_ms'])}),")
     print(f"        {ls['followers']} kubectl logs -f ({ls['followers_connected']} connected, {st['log_lines_per_s']:.0f} lines/s delivered), "
-          f"{st['completions']} completions; start-up of all {ls['startup_s']:.1f} s; alive at the end: {ls['alive_at_end']}")
+          f"{st['completions']} completions; start-up of all {ls['startup_s']:.1f} s; alive at the end: {ls['alive_at_end']}; "
+          f"kubectl exec exit codes after stdin EOF: {ls['exec_exit_codes_after_stdin_eof']}")
     print(f"        CPU % of one core during the probe window: {st['cpu_percent_of_one_core']}")
     if st["errors"]:
         print(f"        errors during the load: {st['errors'][:5]}")
@@ -1285,7 +1319,8 @@ def main() -> int:
         print(f"warning: other processes on this machine used cores during: {contended} (foreign cores; "
               f"other clusters {noise.get('other_clusters_at_start')} at start, {noise.get('other_clusters_at_end')} at end); "
               "those numbers are noisier")
-    print(f"took {elapsed:.0f} s; cluster logs in {logs_dir}")
+    waited = sum(v["waited_for_quiet_s"] for v in sections.values())
+    print(f"took {elapsed:.0f} s ({waited:.0f} s of it waiting for other load on the machine to pass); cluster logs in {logs_dir}")
     print(f"written to {out}")
     return 0
 

@@ -486,7 +486,7 @@ def agent_log_lines(directory: Path, needle: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, help="cluster directory (default: a temporary one); logs are kept, the model store copy removed")
+    parser.add_argument("--dir", type=Path, help="cluster directory (default: a temporary one); its logs are kept, the model store copy and etcd data removed")
     parser.add_argument("--runs", type=int, default=5, help="baseline start-ups, and decode runs per side")
     parser.add_argument("--pods", type=int, default=20, help="pods for the start-up overhead")
     parser.add_argument("--base-port", type=int, default=18000)
@@ -591,7 +591,8 @@ def main() -> int:
         leftovers = stop_leftover_servers(directory)
         if leftovers:
             print(f"warning: stopped {len(leftovers)} pod server(s) the agent left running: pids {leftovers}", file=sys.stderr)
-        shutil.rmtree(directory / "agents" / NODE / "models", ignore_errors=True)
+        for bulky in (directory / "agents" / NODE / "models", directory / "etcd"):  # logs stay
+            shutil.rmtree(bulky, ignore_errors=True)
     elapsed = time.monotonic() - started
 
     # ------------------------------------------------------------------ results

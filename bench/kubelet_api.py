@@ -52,9 +52,12 @@ two ports. Then, in one run:
      A probe arriving during a stall waits for it, so the latency a probe sees bounds from
      above the stall it met; with one probe every 20 ms a stall of S ms delays some probe
      by at least S - 20 ms, so stalls <= max latency + 20 ms. The latency also holds CPU
-     contention (2 cores, 40 kubectl, the API server): an upper bound, not a loop-lag
-     measurement. Target: no stall over 50 ms.
+     contention (2 cores, 40 kubectl, the API server, and llama-server computing on every
+     core while a completion runs: probes that overlapped a completion are also shown
+     apart): an upper bound, not a loop-lag measurement. Target: no stall over 50 ms.
 
+Before each section the script waits up to --wait-quiet s for other processes on the
+machine to go quiet (as bench/pods.py does) and notes the CPU they used meanwhile.
 Prints min/median/p99 next to the targets with a ratio to each target and writes JSON to
 bench/results/. No assertions: numbers are for people and for trend lines. Warnings and
 errors from the agent's log are counted and shown. Every process started is stopped by
@@ -204,8 +207,73 @@ print(json.dumps({"samples": samples, "errors": errors, "reconnects": reconnects
 """
 
 
+FOREIGN_LIMIT = 0.15  # cores used by other processes during a section above which it is marked contended
+
+
+# Small helpers copied from bench/pods.py (which is edited on its own): statistics and noise.
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
 def summary(values: list[float]) -> dict:
-    return podbench.summary(values)
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"n": 0}
+    return {"min": min(values), "median": statistics.median(values), "p99": percentile(values, 99), "max": max(values), "n": len(values)}
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[name] = t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    busy = psutil.cpu_times()
+    out["machine (busy, all cores)"] = sum(busy) - busy.idle - getattr(busy, "iowait", 0.0)
+    return out
+
+
+def foreign_activity(directory: Path) -> dict[str, int]:
+    """Other clusters' control planes and servers on this machine: they share our cores."""
+    counts = {"kube-apiserver": 0, "llama-server": 0}
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        name, cmd = proc.info["name"], " ".join(proc.info["cmdline"] or [])
+        if name in counts and str(directory) not in cmd:
+            counts[name] += 1
+    return counts
+
+
+def cpu_clock() -> tuple[float, float]:
+    """(machine busy CPU s, CPU s of this script and all its descendants) so far."""
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    me = psutil.Process()
+    ours = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            c = proc.cpu_times()
+            ours += c.user + c.system + c.children_user + c.children_system
+        except psutil.Error:
+            pass
+    return busy, ours
+
+
+def wait_quiet(cap: float, window: float = 0.5) -> float:
+    """Wait (at most `cap` s) for a `window` in which other processes use < FOREIGN_LIMIT of a core."""
+    started = time.monotonic()
+    while True:
+        t0, (busy0, ours0) = time.monotonic(), cpu_clock()
+        time.sleep(window)
+        t1, (busy1, ours1) = time.monotonic(), cpu_clock()
+        if max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0) < FOREIGN_LIMIT or t1 - started >= cap:
+            return max(0.0, t1 - started - window)
 
 
 def ms_line(s: dict) -> str:
@@ -794,18 +862,18 @@ class Section:
 
     def __init__(self, directory: Path, wait: float) -> None:
         self.directory = directory
-        self.waited = podbench.wait_quiet(directory, wait) if wait > 0 else 0.0
-        self.t0, (self.busy0, self.ours0, _) = time.monotonic(), podbench.cpu_clock()
-        self.before = podbench.foreign_activity(directory)
+        self.waited = wait_quiet(wait) if wait > 0 else 0.0
+        self.t0, (self.busy0, self.ours0) = time.monotonic(), cpu_clock()
+        self.before = foreign_activity(directory)
 
     def end(self) -> dict:
-        t1, (busy1, ours1, _) = time.monotonic(), podbench.cpu_clock()
-        after = podbench.foreign_activity(self.directory)
+        t1, (busy1, ours1) = time.monotonic(), cpu_clock()
+        after = foreign_activity(self.directory)
         foreign = max(0.0, (busy1 - self.busy0) - (ours1 - self.ours0)) / (t1 - self.t0)
         return {"seconds": round(t1 - self.t0, 1), "waited_for_quiet_s": round(self.waited, 1), "foreign_cores": round(foreign, 3),
                 "our_cores": round((ours1 - self.ours0) / (t1 - self.t0), 3),
                 "other_clusters": {k: max(self.before[k], after[k]) for k in after},
-                "contended": foreign > podbench.FOREIGN_LIMIT or any(self.before.values()) or any(after.values())}
+                "contended": foreign > FOREIGN_LIMIT or any(self.before.values()) or any(after.values())}
 
 
 # --------------------------------------------------------------------------- the five measurements
@@ -843,7 +911,7 @@ def bench_exec(kubectl: Kubectl, kubelet: Kubelet, runs: int) -> dict:
     return {
         "runs": runs, "ms": out, "raw_ms": samples, "failures": failures,
         "streaming_overhead_ms": {"p50": statistics.median(ex) - statistics.median(px),
-                                  "p99": podbench.percentile(ex, 99) - podbench.percentile(px, 99)},
+                                  "p99": percentile(ex, 99) - percentile(px, 99)},
         "direct_exec_phases_ms": {k: summary([p[k] for p in phases]) for k in ("tls_ms", "upgrade_ms", "streams_to_status_ms")},
     }
 
@@ -1033,9 +1101,9 @@ def bench_stall(children: Children, kubectl: Kubectl, kubelet: Kubelet, host: st
         server = podbench.server_pid(host, SERVER_PORT)
         procs = {"vnode agent": agent.pid, **({"kube-apiserver": apiserver_pid} if apiserver_pid else {}),
                  **({"llama-server": server} if server else {})}
-        cpu0, t0 = podbench.cpu_seconds(procs), time.monotonic()
+        cpu0, t0 = cpu_seconds(procs), time.monotonic()
         loaded = run_prober(kubelet, args.stall_seconds)
-        cpu1, t1 = podbench.cpu_seconds(procs), time.monotonic()
+        cpu1, t1 = cpu_seconds(procs), time.monotonic()
         lines1 = sum(f.lines for _, f in followers)
         with lock:
             lat = list(echo_lat)
@@ -1115,7 +1183,7 @@ def main() -> int:
 
     started = time.monotonic()
     directory = (args.dir or Path(tempfile.mkdtemp(prefix="vnode-bench-kapi-"))).resolve()
-    noise = {"load_avg_at_start": os.getloadavg(), "other_clusters_at_start": podbench.foreign_activity(directory)}
+    noise = {"load_avg_at_start": os.getloadavg(), "other_clusters_at_start": foreign_activity(directory)}
     binary = ensure_llama_server()
     gemma = podbench.gemma_path()
     cluster = LocalCluster(directory, node_name=NODE)
@@ -1192,7 +1260,7 @@ def main() -> int:
         sec = Section(directory, args.wait_quiet)
         stall_result = bench_stall(children, kubectl, kubelet, host, agent, apiserver_pid, args)
         sections["stall"] = sec.end()
-        noise["other_clusters_at_end"] = podbench.foreign_activity(directory)
+        noise["other_clusters_at_end"] = foreign_activity(directory)
     finally:
         for o in opened:
             try:

@@ -873,7 +873,7 @@ class Section:
         return {"seconds": round(t1 - self.t0, 1), "waited_for_quiet_s": round(self.waited, 1), "foreign_cores": round(foreign, 3),
                 "our_cores": round((ours1 - self.ours0) / (t1 - self.t0), 3),
                 "other_clusters": {k: max(self.before[k], after[k]) for k in after},
-                "contended": foreign > FOREIGN_LIMIT or any(self.before.values()) or any(after.values())}
+                "contended": foreign > FOREIGN_LIMIT}
 
 
 # --------------------------------------------------------------------------- the five measurements
@@ -1098,7 +1098,8 @@ def bench_stall(children: Children, kubectl: Kubectl, kubelet: Kubelet, host: st
         lines0 = sum(f.lines for _, f in followers)
         with lock:
             echo_lat.clear()
-        server = podbench.server_pid(host, SERVER_PORT)
+        server = next((p.pid for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "llama-server"
+                       and str(SERVER_PORT) in (p.info["cmdline"] or []) and host in (p.info["cmdline"] or [])), None)
         procs = {"vnode agent": agent.pid, **({"kube-apiserver": apiserver_pid} if apiserver_pid else {}),
                  **({"llama-server": server} if server else {})}
         cpu0, t0 = cpu_seconds(procs), time.monotonic()

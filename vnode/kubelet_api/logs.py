@@ -85,6 +85,10 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(reason=f'container "{container}" in pod "{name}" is waiting to start: {reason}')
 
     def finished() -> bool:
+        # Also when the client went away: a quiet log would otherwise keep an abandoned
+        # follower polling until its next line.
+        if request.transport is None or request.transport.is_closing():
+            return True
         live = runner.instance if runner else None
         return previous or live is None or live.instance != number or not ctx.supervisor.alive(live)
 

@@ -98,6 +98,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 import pods as podbench  # noqa: E402 - bench/pods.py: hub, model, clean-up and noise helpers
+from pods import cpu_clock, cpu_seconds, foreign_activity, percentile, summary, wait_quiet  # noqa: E402 - shared stats/noise
 from vnode.cluster.build import ensure_llama_server  # noqa: E402
 from vnode.cluster.local import LocalCluster, free_port  # noqa: E402
 from vnode.cluster.processes import Proc  # noqa: E402
@@ -207,73 +208,7 @@ print(json.dumps({"samples": samples, "errors": errors, "reconnects": reconnects
 """
 
 
-FOREIGN_LIMIT = 0.15  # cores used by other processes during a section above which it is marked contended
-
-
-# Small helpers copied from bench/pods.py (which is edited on its own): statistics and noise.
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def summary(values: list[float]) -> dict:
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"n": 0}
-    return {"min": min(values), "median": statistics.median(values), "p99": percentile(values, 99), "max": max(values), "n": len(values)}
-
-
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    out = {}
-    for name, pid in pids.items():
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[name] = t.user + t.system + t.children_user + t.children_system
-        except psutil.Error:
-            pass
-    busy = psutil.cpu_times()
-    out["machine (busy, all cores)"] = sum(busy) - busy.idle - getattr(busy, "iowait", 0.0)
-    return out
-
-
-def foreign_activity(directory: Path) -> dict[str, int]:
-    """Other clusters' control planes and servers on this machine: they share our cores."""
-    counts = {"kube-apiserver": 0, "llama-server": 0}
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        name, cmd = proc.info["name"], " ".join(proc.info["cmdline"] or [])
-        if name in counts and str(directory) not in cmd:
-            counts[name] += 1
-    return counts
-
-
-def cpu_clock() -> tuple[float, float]:
-    """(machine busy CPU s, CPU s of this script and all its descendants) so far."""
-    t = psutil.cpu_times()
-    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-    me = psutil.Process()
-    ours = 0.0
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            c = proc.cpu_times()
-            ours += c.user + c.system + c.children_user + c.children_system
-        except psutil.Error:
-            pass
-    return busy, ours
-
-
-def wait_quiet(cap: float, window: float = 0.5) -> float:
-    """Wait (at most `cap` s) for a `window` in which other processes use < FOREIGN_LIMIT of a core."""
-    started = time.monotonic()
-    while True:
-        t0, (busy0, ours0) = time.monotonic(), cpu_clock()
-        time.sleep(window)
-        t1, (busy1, ours1) = time.monotonic(), cpu_clock()
-        if max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0) < FOREIGN_LIMIT or t1 - started >= cap:
-            return max(0.0, t1 - started - window)
+FOREIGN_LIMIT = podbench.FOREIGN_LIMIT  # cores used by other processes above which a section is contended
 
 
 def ms_line(s: dict) -> str:
@@ -863,11 +798,11 @@ class Section:
     def __init__(self, directory: Path, wait: float) -> None:
         self.directory = directory
         self.waited = wait_quiet(wait) if wait > 0 else 0.0
-        self.t0, (self.busy0, self.ours0) = time.monotonic(), cpu_clock()
+        self.t0, (self.busy0, self.ours0, _) = time.monotonic(), cpu_clock()
         self.before = foreign_activity(directory)
 
     def end(self) -> dict:
-        t1, (busy1, ours1) = time.monotonic(), cpu_clock()
+        t1, (busy1, ours1, _) = time.monotonic(), cpu_clock()
         after = foreign_activity(self.directory)
         foreign = max(0.0, (busy1 - self.busy0) - (ours1 - self.ours0)) / (t1 - self.t0)
         return {"seconds": round(t1 - self.t0, 1), "waited_for_quiet_s": round(self.waited, 1), "foreign_cores": round(foreign, 3),

@@ -112,6 +112,14 @@ class SpdyChannels:
         await self.session.close()
 
 
+async def _end(channels: Channels, request: web.Request) -> None:
+    """Close the streams, then the upgraded connection (it is never reused for HTTP)."""
+    with contextlib.suppress(Exception):
+        await channels.close()
+    if request.transport is not None:
+        request.transport.close()
+
+
 def _query_bool(request: web.Request, *names: str) -> bool:
     return any(request.query.get(n, "").lower() in ("1", "true") for n in names)
 
@@ -190,10 +198,7 @@ async def exec_handler(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(Exception):
             await channels.send_status(None, f"vnode: exec failed: {exc}")
     finally:
-        with contextlib.suppress(Exception):
-            await channels.close()
-        if request.transport is not None:
-            request.transport.close()
+        await _end(channels, request)
     return response
 
 
@@ -331,10 +336,7 @@ async def attach_handler(request: web.Request) -> web.StreamResponse:
     except Exception as exc:  # noqa: BLE001 - the client went away, most likely
         log.debug("attach to %s ended: %s", worker.ref, exc)
     finally:
-        with contextlib.suppress(Exception):
-            await channels.close()
-        if request.transport is not None:
-            request.transport.close()
+        await _end(channels, request)
     return response
 
 

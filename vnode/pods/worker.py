@@ -321,9 +321,9 @@ class ContainerRunner:
             elif inst is not None:
                 # It died while no agent was watching: its shim recorded how.
                 exit_info = sup.exit_info(inst)
-                self._terminated(inst, exit_info, last=True)
+                self._terminated(inst, exit_info)
                 if not self._should_restart(exit_info):
-                    self._final(inst, exit_info)
+                    self._final()
                     return
                 self.view.restart_count = max(self.view.restart_count, inst.instance + 1)
                 inst = None
@@ -335,9 +335,9 @@ class ContainerRunner:
             self.view.container_id = inst.container_id
             started_mono = time.monotonic()
             exit_info = await self._run_instance(inst)
-            self._terminated(inst, exit_info, last=True)
+            self._terminated(inst, exit_info)
             if not self._should_restart(exit_info):
-                self._final(inst, exit_info)
+                self._final()
                 return
             ran = time.monotonic() - started_mono
             if ran >= BACKOFF_RESET_AFTER:
@@ -385,7 +385,7 @@ class ContainerRunner:
     async def _unhealthy(self, kind: str, detail: str) -> None:
         await self.w.event("Warning", "Unhealthy", f"{kind} probe failed: {detail}", container=self.c.name)
 
-    def _terminated(self, inst: Instance, exit_info: ExitInfo, *, last: bool) -> None:
+    def _terminated(self, inst: Instance, exit_info: ExitInfo) -> None:
         term = {
             "exitCode": exit_info.exit_code, "reason": exit_info.reason, "startedAt": inst.started_rfc3339(),
             "finishedAt": exit_info.finished_at, "containerID": inst.container_id,
@@ -399,7 +399,8 @@ class ContainerRunner:
         self.view.started = False
         self.w.publish()
 
-    def _final(self, inst: Instance, exit_info: ExitInfo) -> None:
+    def _final(self) -> None:
+        """The last exit is final (restartPolicy): it becomes the current state."""
         self.view.state = dict(self.view.last_state)
         self.view.last_state = {}
         self.view.will_restart = False

@@ -35,6 +35,7 @@ bench: binaries
 	$(PY) bench/node.py
 	$(PY) bench/pods.py
 	$(PY) bench/kubelet_api.py
+	$(PY) bench/portforward.py
 
 down:
 	$(PY) -m vnode cluster down

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kubelet API benchmarks: exec, stream echo, port-forward, logs -f and event-loop stalls,
+"""Kubelet API benchmarks: exec, stream echo, logs -f and event-loop stalls,
 through the real API server with the real kubectl, and against vnode alone.
 
 Starts a local control plane, the local Hugging Face-like hub serving Gemma 3 270M, one
@@ -30,11 +30,7 @@ two ports. Then, in one run:
      call fair; the API server + kubectl hop = A - B. The same for port-forward: E - C and
      D - E. (A - D, exec vs port-forward through the same API server, is printed too.)
      Target: vnode adds <= 5 ms at p50 (B - C).
-  3. port-forward throughput: --bulk-mb MB per transfer, upload (PUT: our server counts and
-     acks) and download (GET: our server sends), each on a new connection, --bulk-runs per
-     path, alternating: directly from the root namespace to <node ip>:<bulk port>, through
-     `kubectl port-forward`, and through SPDY port-forward straight to vnode. Target: the
-     kubectl port-forward at least 50 % of direct.
+  3. port-forward throughput: see bench/portforward.py (it reuses this script's set-up).
   4. logs -f delivery: `kubectl logs -f --tail=0 --timestamps` and a direct follower at
      vnode (GET /containerLogs?follow=true) run while --log-requests completions are sent
      one after another. This llama-server logs no request line at default verbosity; the
@@ -115,7 +111,7 @@ POD = "bench-kubelet-api"
 SERVER_PORT, ECHO_PORT, BULK_PORT = 18600, 18601, 18602
 KUBELET_PORT = 10250
 RESULTS = BENCH / "results"
-TARGETS = {"echo_added_by_vnode_p50_ms": 5.0, "portforward_over_direct": 0.5, "loop_stall_ms": 50.0}
+TARGETS = {"echo_added_by_vnode_p50_ms": 5.0, "loop_stall_ms": 50.0}  # port-forward throughput: bench/portforward.py
 PROBE_INTERVAL = 0.02
 MARKER = b"stop processing"  # llama-server's last log line of a request ("slot release: ...")
 LINE = 64
@@ -615,33 +611,6 @@ def bulk_tcp(host: str, port: int, op: str, n: int) -> float:
     return n / dt / 1e6
 
 
-def bulk_spdy(forward: SpdyForward, op: str, n: int) -> float:
-    c = forward.c
-    sid = forward.connect(BULK_PORT)
-    t0 = time.perf_counter()
-    c.send(sid, f"{op} {n}\n".encode())
-    if op == "PUT":
-        frame = 64 * 1024
-        full = c.enc.encode(DataFrame(sid, bytes(BLOCK[:frame]))) * 16  # 1 MiB of DATA frames
-        left = n
-        while left >= 16 * frame:
-            c.sock.sendall(full)
-            left -= 16 * frame
-        while left:
-            k = min(left, frame)
-            c.sock.sendall(c.enc.encode(DataFrame(sid, bytes(BLOCK[:k]))))
-            left -= k
-        reply = c.read_line(sid)
-        if reply.strip() != f"OK {n}".encode():
-            raise RuntimeError(f"PUT via SPDY: {reply!r}")
-    else:
-        c.count(sid, n)
-    dt = time.perf_counter() - t0
-    c.send(sid, b"", fin=True)
-    c.buffers.pop(sid, None)
-    return n / dt / 1e6
-
-
 # --------------------------------------------------------------------------- logs
 
 
@@ -764,14 +733,15 @@ def start_echo_server(cluster: LocalCluster) -> Proc:
     raise SystemExit(f"echo server did not come up; see {proc.log}")
 
 
-def start_port_forward(children: Children, kubectl: Kubectl) -> tuple[subprocess.Popen, int, int]:
-    echo_local, bulk_local = free_port("127.0.0.1"), free_port("127.0.0.1")
-    proc = children.popen("port-forward", kubectl.cmd("port-forward", "--address=127.0.0.1", "-n", NAMESPACE, f"pod/{POD}",
-                                                     f"{echo_local}:{ECHO_PORT}", f"{bulk_local}:{BULK_PORT}"))
+def start_port_forward(children: Children, kubectl: Kubectl, pod: str, ports: list[int]) -> tuple[subprocess.Popen, dict[int, int]]:
+    """`kubectl port-forward pod/<pod>` of each remote port from a free local one; {remote: local}."""
+    local = {port: free_port("127.0.0.1") for port in ports}
+    proc = children.popen("port-forward", kubectl.cmd("port-forward", "--address=127.0.0.1", "-n", NAMESPACE, f"pod/{pod}",
+                                                     *(f"{local[p]}:{p}" for p in ports)))
     seen = b""
     deadline = time.monotonic() + 30
     fd = proc.stdout.fileno()
-    while seen.count(b"Forwarding from") < 2:
+    while seen.count(b"Forwarding from") < len(ports):
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
             raise TimeoutError(f"kubectl port-forward not ready: {seen!r}")
@@ -788,7 +758,7 @@ def start_port_forward(children: Children, kubectl: Kubectl) -> tuple[subprocess
             pass
 
     threading.Thread(target=drain, daemon=True, name="port-forward stdout").start()
-    return proc, echo_local, bulk_local
+    return proc, local
 
 
 class Section:
@@ -862,26 +832,6 @@ def bench_echo(paths: list[EchoPath], lines: int, warmup: int = 5) -> dict:
         for path in paths[k:] + paths[:k]:
             samples[path.name].append(path.roundtrip(payload))
     return {"lines": lines, "line_bytes": LINE, "ms": {k: summary(v) for k, v in samples.items()}, "raw_ms": samples}
-
-
-def bench_bulk(host: str, pf_local: int, forward: SpdyForward, mb: int, runs: int) -> dict:
-    n = mb * 1_000_000
-    paths: dict[str, Callable[[str], float]] = {
-        "direct": lambda op: bulk_tcp(host, BULK_PORT, op, n),
-        "kubectl port-forward": lambda op: bulk_tcp("127.0.0.1", pf_local, op, n),
-        "vnode alone (SPDY)": lambda op: bulk_spdy(forward, op, n),
-    }
-    names = list(paths)
-    out: dict[str, dict[str, list[float]]] = {op: {name: [] for name in names} for op in ("PUT", "GET")}
-    for i in range(runs):
-        for op in ("PUT", "GET"):
-            order = names[i % len(names):] + names[:i % len(names)]
-            for name in order:
-                out[op][name].append(paths[name](op))
-    med = {op: {name: statistics.median(v) for name, v in d.items()} for op, d in out.items()}
-    return {"bytes_per_transfer": n, "runs": runs, "mb_per_s": out, "median_mb_per_s": med,
-            "ratio_forward_over_direct": {op: med[op]["kubectl port-forward"] / med[op]["direct"] for op in med},
-            "ratio_vnode_alone_over_direct": {op: med[op]["vnode alone (SPDY)"] / med[op]["direct"] for op in med}}
 
 
 def bench_logs(children: Children, kubectl: Kubectl, kubelet: Kubelet, host: str, requests: int) -> dict:
@@ -1105,8 +1055,6 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, help="cluster directory (default: a temporary one); logs are kept, the model store copy removed")
     parser.add_argument("--runs", type=int, default=20, help="exec / proxied healthz / healthz round trips each")
     parser.add_argument("--lines", type=int, default=200, help="echoed lines per session")
-    parser.add_argument("--bulk-mb", type=int, default=200, help="MB per port-forward transfer")
-    parser.add_argument("--bulk-runs", type=int, default=3, help="transfers per path and direction")
     parser.add_argument("--log-requests", type=int, default=20)
     parser.add_argument("--sessions", type=int, default=20, help="concurrent kubectl exec -i cat sessions for the stall test")
     parser.add_argument("--followers", type=int, default=20, help="concurrent kubectl logs -f for the stall test")
@@ -1158,13 +1106,13 @@ def main() -> int:
         sections["exec"] = sec.end()
 
         print(f"2. stream echo: {args.lines} lines per session, 5 sessions round-robin ...", flush=True)
-        pf_proc, pf_echo, pf_bulk = start_port_forward(children, kubectl)
+        pf_proc, pf_local = start_port_forward(children, kubectl, POD, [ECHO_PORT])
         exec_proc = children.popen("exec-cat", kubectl.cmd("exec", "-i", "-n", NAMESPACE, POD, "--", "cat"), stdin=True)
         forward = SpdyForward(kubelet)
         opened.append(forward)
         paths: list[EchoPath] = [PipeEcho("A kubectl exec -i cat", exec_proc), SpdyExecEcho(kubelet),
                                  SocketEcho("C direct TCP echo (floor)", host, ECHO_PORT),
-                                 SocketEcho("D kubectl port-forward echo", "127.0.0.1", pf_echo), SpdyForwardEcho(forward)]
+                                 SocketEcho("D kubectl port-forward echo", "127.0.0.1", pf_local[ECHO_PORT]), SpdyForwardEcho(forward)]
         opened.extend(paths)
         sec = Section(directory, args.wait_quiet)
         echo_result = bench_echo(paths, args.lines)
@@ -1175,12 +1123,6 @@ def main() -> int:
             echo_result["kubectl_exec_cat_exit_after_stdin_eof"] = exec_proc.wait(10)
         except subprocess.TimeoutExpired:
             echo_result["kubectl_exec_cat_exit_after_stdin_eof"] = None
-        opened = [forward]
-
-        print(f"3. port-forward throughput: {args.bulk_mb} MB per transfer, {args.bulk_runs} per path and direction ...", flush=True)
-        sec = Section(directory, args.wait_quiet)
-        bulk_result = bench_bulk(host, pf_bulk, forward, args.bulk_mb, args.bulk_runs)
-        sections["bulk"] = sec.end()
         forward.close()
         opened = []
         children.stop(pf_proc)
@@ -1243,7 +1185,6 @@ def main() -> int:
         "args": vars(args) | {"dir": str(directory)},
         "exec": exec_result,
         "echo": echo_result,
-        "port_forward_throughput": bulk_result,
         "logs_follow": logs_result,
         "event_loop": stall_result,
         "agent_log": agent_log,
@@ -1274,17 +1215,6 @@ def main() -> int:
     added = derived["added_by_vnode_exec (B-C)"]["p50"]
     print(f"  added by vnode at p50 (B - C, the fair baseline: same echo, no vnode) vs target <= 5 ms: "
           f"{verdict(max(added, 1e-9), TARGETS['echo_added_by_vnode_p50_ms'], at_most=True)}")
-    b = bulk_result
-    print(f"3. port-forward throughput, {args.bulk_mb} MB per transfer, {args.bulk_runs} runs each (median MB/s; all runs in the JSON):")
-    for op, label in (("PUT", "upload  "), ("GET", "download")):
-        m = b["median_mb_per_s"][op]
-        runs = "  ".join(f"{name} [{' '.join(f'{v:.0f}' for v in b['mb_per_s'][op][name])}]" for name in m)
-        print(f"  {label} direct {m['direct']:7.1f}   kubectl port-forward {m['kubectl port-forward']:7.1f}   "
-              f"vnode alone {m['vnode alone (SPDY)']:7.1f}   ({runs})")
-    for op, label in (("PUT", "upload"), ("GET", "download")):
-        r = b["ratio_forward_over_direct"][op]
-        print(f"  {label}: port-forward/direct {r:.3f} vs target >= 0.5: {verdict(r, TARGETS['portforward_over_direct'], at_most=False)}"
-              f"; vnode alone/direct {b['ratio_vnode_alone_over_direct'][op]:.3f}")
     print(f"4. logs -f delivery, {args.log_requests} completions, line `{MARKER.decode()}` (shim time from --timestamps):")
     for name, s in logs_result["ms"].items():
         print(f"  {name:46s} {ms_line(s)}")

@@ -92,7 +92,7 @@ async def portforward_handler(request: web.Request) -> web.StreamResponse:
     reader, writer, response = await accept_spdy(request, protocol=PROTOCOL)
     # Bulk data: large frames and reads cut the per-frame Python overhead (spdystream
     # accepts frames up to 16 MiB).
-    session = SpdySession(reader, writer, max_send_frame=BULK_FRAME, read_size=BULK_FRAME)
+    session = SpdySession(reader, writer, max_send_frame=BULK_FRAME, read_size=BULK_FRAME, receive_window=16 * 1024 * 1024)
     session.start()
     errors: dict[str, SpdyStream] = {}
     tasks: set[asyncio.Task] = set()

@@ -3,7 +3,9 @@
 aiohttp upgrades only to WebSocket (and "tcp") by itself. For SPDY we install a payload
 parser that feeds every later byte of the connection to an asyncio.StreamReader *before*
 answering 101 (the client sends frames only after it), and write frames straight to the
-transport; the connection is closed when the session ends.
+transport; the connection is closed when the session ends. The reader pauses the
+transport when its buffer passes twice its limit, so a client pushing faster than the
+session consumes is held back by TCP instead of filling the agent's memory.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 from aiohttp import web
 
 SPDY = "SPDY/3.1"
+READ_BUFFER = 4 * 1024 * 1024  # the transport pauses at twice this, resumes at it
 
 
 def wants_spdy(request: web.Request) -> bool:
@@ -63,7 +66,9 @@ class RawWriter:
 
 async def accept_spdy(request: web.Request, *, protocol: str) -> tuple[asyncio.StreamReader, RawWriter, web.StreamResponse]:
     """Answer 101 with the chosen X-Stream-Protocol-Version; return the raw byte streams."""
-    reader = asyncio.StreamReader(limit=2**22)
+    reader = asyncio.StreamReader(limit=READ_BUFFER)
+    if request.transport is not None:
+        reader.set_transport(request.transport)  # pause_reading/resume_reading: backpressure
     request.protocol.set_parser(_Feeder(reader))  # type: ignore[arg-type]
     response = web.StreamResponse(
         status=101,

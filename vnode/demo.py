@@ -162,7 +162,7 @@ def demo(directory: Path) -> int:
         return 1
     text = answer["choices"][0]["message"]["content"].strip().replace("\n", " ")
     print(f"POST http://{address}:{port}/v1/chat/completions  (the Service {APP}'s endpoint)")
-    print(f"  prompt:  The capital of France is")
+    print("  prompt:  The capital of France is")
     print(f"  answer:  {text[:200]}")
     print(f"  tokens:  {answer['usage']['prompt_tokens']} prompt, {answer['usage']['completion_tokens']} completion"
           " (Gemma 3 270M is a base model: the words vary, the plumbing is the point)")

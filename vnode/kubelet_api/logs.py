@@ -8,7 +8,6 @@ serves vnode's own log directory read-only, with no way out of it.
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from aiohttp import web
 

@@ -15,6 +15,7 @@ import logging
 
 from aiohttp import web
 
+from vnode.kubelet_api import rawio
 from vnode.kubelet_api import websocket as ws
 from vnode.kubelet_api.context import context
 from vnode.kubelet_api.spdy import SpdySession, SpdyStream
@@ -39,7 +40,7 @@ def allowed_ports(worker) -> set[int]:
 
 async def _splice(data: SpdyStream, error: SpdyStream | None, *, host: str, port: int, pod_ref: str) -> None:
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        conn = await asyncio.wait_for(rawio.open_connection(host, port), 10)
     except (OSError, TimeoutError) as exc:
         message = f"error forwarding port {port} to pod {pod_ref}: failed to connect to {host}:{port}: {exc}"
         if error is not None:
@@ -52,14 +53,14 @@ async def _splice(data: SpdyStream, error: SpdyStream | None, *, host: str, port
     async def up() -> None:
         try:
             while (chunk := await data.read(BULK_FRAME)):
-                writer.write(chunk)
-                await writer.drain()
+                conn.write(chunk)
+                await conn.drain()
         finally:
             with contextlib.suppress(Exception):
-                writer.write_eof()
+                conn.write_eof()
 
     async def down() -> None:
-        while (chunk := await reader.read(BULK_FRAME)):
+        while (chunk := await conn.reader.read(BULK_FRAME)):
             await data.write(chunk)
         with contextlib.suppress(Exception):
             await data.close()
@@ -69,7 +70,7 @@ async def _splice(data: SpdyStream, error: SpdyStream | None, *, host: str, port
     except Exception as exc:  # noqa: BLE001 - one connection's trouble is not the session's
         log.debug("port-forward connection to %s:%d ended: %s", host, port, exc)
     finally:
-        writer.close()
+        conn.close()
         if error is not None:
             with contextlib.suppress(Exception):
                 await error.close()

@@ -415,36 +415,47 @@ class FrameParser:
             raise ProtocolError(f"parser failed earlier: {self._failed}")
         frames: list[Frame] = []
         try:
-            self._buf += data
-            self._parse_into(frames)
+            if self._buf:
+                self._buf += data
+                used = self._parse_into(self._buf, frames)
+                del self._buf[:used]
+            else:  # the common case: parse the chunk in place, keep only an incomplete tail
+                used = self._parse_into(data, frames)
+                self._buf += memoryview(data)[used:]
         except ProtocolError as e:
             self._failed = e.message
             raise ProtocolError(e.message, frames) from None
         return frames
 
-    def _parse_into(self, frames: list[Frame]) -> None:
-        pos = self._consume_skip(0)
-        while not self._skip and len(self._buf) - pos >= 8:
-            first, second = _TWO_U32.unpack_from(self._buf, pos)
-            flags, length = second >> 24, second & 0xFFFFFF
-            kind = None
-            if first & _CONTROL_FLAG:
-                kind = self._check_header(first, length)
-                if kind is None:  # unknown type: skip its payload
-                    self._skip = length
-                    pos = self._consume_skip(pos + 8)
-                    continue
-            elif length > self.limits.max_data_frame:
-                raise ProtocolError(f"data frame of {length} bytes exceeds the cap")
-            if len(self._buf) - pos < 8 + length:
-                break
-            payload = bytes(self._buf[pos + 8 : pos + 8 + length])
-            pos += 8 + length
-            frames.append(self._decode(first, kind, flags, payload))
-        del self._buf[:pos]
+    def _parse_into(self, src: bytes | bytearray, frames: list[Frame]) -> int:
+        """Parse whole frames out of src into frames; how many bytes were used.
 
-    def _consume_skip(self, pos: int) -> int:
-        n = min(self._skip, len(self._buf) - pos)
+        A payload is copied out of src once, through a memoryview (a bytearray slice would
+        be a second copy)."""
+        size = len(src)
+        with memoryview(src) as view:
+            pos = self._consume_skip(0, size)
+            while not self._skip and size - pos >= 8:
+                first, second = _TWO_U32.unpack_from(view, pos)
+                flags, length = second >> 24, second & 0xFFFFFF
+                kind = None
+                if first & _CONTROL_FLAG:
+                    kind = self._check_header(first, length)
+                    if kind is None:  # unknown type: skip its payload
+                        self._skip = length
+                        pos = self._consume_skip(pos + 8, size)
+                        continue
+                elif length > self.limits.max_data_frame:
+                    raise ProtocolError(f"data frame of {length} bytes exceeds the cap")
+                if size - pos < 8 + length:
+                    break
+                payload = bytes(view[pos + 8 : pos + 8 + length])
+                pos += 8 + length
+                frames.append(self._decode(first, kind, flags, payload))
+        return pos
+
+    def _consume_skip(self, pos: int, size: int) -> int:
+        n = min(self._skip, size - pos)
         self._skip -= n
         return pos + n
 
@@ -708,7 +719,8 @@ class SpdyStream:
             self._check_writable()
             while view:
                 n = await self._session._reserve_send(self, len(view))
-                self._session._send(DataFrame(self.id, bytes(view[:n])))
+                chunk = data if n == len(data) and type(data) is bytes else bytes(view[:n])  # whole bytes: no copy
+                self._session._send(DataFrame(self.id, chunk))
                 view = view[n:]
                 await self._session._drain()
 

@@ -1,7 +1,7 @@
 """Taking over an aiohttp connection for SPDY/3.1 after `101 Switching Protocols`.
 
 aiohttp upgrades only to WebSocket (and "tcp") by itself. For SPDY we install a payload
-parser that feeds every later byte of the connection to an asyncio.StreamReader *before*
+parser that feeds every later byte of the connection to a ChunkReader *before*
 answering 101 (the client sends frames only after it), and write frames straight to the
 transport; the connection is closed when the session ends. The reader pauses the
 transport when its buffer passes twice its limit, so a client pushing faster than the
@@ -10,9 +10,9 @@ session consumes is held back by TCP instead of filling the agent's memory.
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
+
+from vnode.kubelet_api.rawio import ChunkReader
 
 SPDY = "SPDY/3.1"
 READ_BUFFER = 4 * 1024 * 1024  # the transport pauses at twice this, resumes at it
@@ -32,7 +32,7 @@ def offered_protocols(request: web.Request) -> list[str]:
 class _Feeder:
     """The object aiohttp's protocol feeds raw bytes to once it has a payload parser."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(self, reader: ChunkReader) -> None:
         self._reader = reader
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
@@ -64,9 +64,9 @@ class RawWriter:
             self._transport.close()
 
 
-async def accept_spdy(request: web.Request, *, protocol: str) -> tuple[asyncio.StreamReader, RawWriter, web.StreamResponse]:
+async def accept_spdy(request: web.Request, *, protocol: str) -> tuple[ChunkReader, RawWriter, web.StreamResponse]:
     """Answer 101 with the chosen X-Stream-Protocol-Version; return the raw byte streams."""
-    reader = asyncio.StreamReader(limit=READ_BUFFER)
+    reader = ChunkReader(limit=READ_BUFFER)
     if request.transport is not None:
         reader.set_transport(request.transport)  # pause_reading/resume_reading: backpressure
     request.protocol.set_parser(_Feeder(reader))  # type: ignore[arg-type]

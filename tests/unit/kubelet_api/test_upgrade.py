@@ -54,7 +54,7 @@ async def test_a_client_outpacing_the_session_is_held_back_by_tcp() -> None:
                 await asyncio.wait_for(w.drain(), 1.0)
                 sent += len(block)
         await asyncio.sleep(0.2)
-        assert len(reader._buffer) <= 2 * upgrade.READ_BUFFER + (1 << 20)  # type: ignore[attr-defined]
+        assert reader.buffered <= 2 * upgrade.READ_BUFFER + (1 << 20)
         assert sent < 64 << 20
         sent += len(block)  # the block whose drain timed out is in flight too
         release.set_result(sent)

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import ssl
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -65,19 +66,28 @@ class ServingError(RuntimeError):
     """The kubelet API cannot be served as configured (certificate, address)."""
 
 
-async def serve_kubelet_api(settings: Settings, api: KubeClient, api_ctx: ApiContext) -> None:
-    """Obtain the serving certificate (flags, CSR or self-signed), then serve until cancelled."""
+async def serve_kubelet_api(settings: Settings, api: KubeClient, api_ctx: ApiContext,
+                            serving: certs.ServingState | None = None) -> None:
+    """Obtain the serving certificate (flags, CSR or self-signed), then serve until cancelled,
+    keeping the certificate fresh (see certs.keep_fresh)."""
+    pki, where = settings.state_dir / "pki", {"node_name": settings.node_name, "host_ip": str(settings.host_ip)}
+    renew: certs.Renewer | None
     if settings.tls_cert_file and settings.tls_private_key_file:
         cert, key = settings.tls_cert_file, settings.tls_private_key_file
+        renew = None  # the operator's files: reloaded when they change
     elif settings.bootstrap_serving_cert:
         try:
-            cert, key = await certs.from_csr(api, settings.state_dir / "pki", node_name=settings.node_name,
-                                             host_ip=str(settings.host_ip))
+            cert, key = await certs.from_csr(api, pki, **where)
         except certs.CertificateDenied as exc:
             raise ServingError(str(exc)) from None
+
+        def renew() -> Awaitable[tuple[Path, Path]]:
+            return certs.from_csr(api, pki, renew=True, **where)
     elif settings.self_signed_serving_cert:
-        cert, key = await asyncio.to_thread(certs.self_signed, settings.state_dir / "pki", node_name=settings.node_name,
-                                            host_ip=str(settings.host_ip))
+        cert, key = await asyncio.to_thread(certs.self_signed, pki, **where)
+
+        def renew() -> Awaitable[tuple[Path, Path]]:
+            return asyncio.to_thread(certs.self_signed, pki, renew=True, **where)
     else:
         log.warning("kubelet API not served: pass --tls-cert-file/--tls-private-key-file, --bootstrap-serving-cert "
                     "(a CSR an admin approves) or --self-signed-serving-cert; kubectl logs/exec and metrics need it")
@@ -94,7 +104,7 @@ async def serve_kubelet_api(settings: Settings, api: KubeClient, api_ctx: ApiCon
     except OSError as exc:
         raise ServingError(f"cannot listen on {settings.host_ip}:{settings.kubelet_port} for the kubelet API: {exc.strerror}") from None
     try:
-        await asyncio.Event().wait()
+        await certs.keep_fresh(tls, Path(cert), Path(key), renew=renew, state=serving)  # runs until cancelled
     finally:
         await server.close()
 
@@ -183,14 +193,15 @@ async def run_agent(settings: Settings) -> int:
         allow_exec_probes=settings.allow_exec_probes,
     )
     pods = PodController(ctx)
-    metrics = registry(models=models, pods=pods)
+    serving = certs.ServingState()
+    metrics = registry(models=models, pods=pods, serving=serving)
     api_ctx = ApiContext(node_name=settings.node_name, pods=pods, supervisor=ctx.supervisor, log_dir=settings.log_dir,
                          config=public_config(settings), ready=readiness_problems, metrics=metrics,
                          exec_enabled=settings.enable_exec)
 
     async def kubelet_api() -> None:
         await node.registered.wait()
-        await serve_kubelet_api(settings, api, api_ctx)
+        await serve_kubelet_api(settings, api, api_ctx, serving)
 
     async def pod_layer() -> None:
         await node.registered.wait()

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from vnode.node.certs import ServingState
 from vnode.pods.controller import PodController
 from vnode.provider.models import ModelStore
 
 
 class AgentCollector(Collector):
-    def __init__(self, *, models: ModelStore, pods: PodController) -> None:
-        self._models, self._pods = models, pods
+    def __init__(self, *, models: ModelStore, pods: PodController, serving: ServingState | None = None) -> None:
+        self._models, self._pods, self._serving = models, pods, serving
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         done = GaugeMetricFamily("vnode_model_download_bytes", "Bytes of a model download received so far", labels=["model"])
@@ -38,9 +39,14 @@ class AgentCollector(Collector):
                 restarts.add_metric([meta["namespace"], meta["name"], name], view.restart_count)
         yield workers
         yield restarts
+        if self._serving is not None and self._serving.not_after is not None:
+            expiry = GaugeMetricFamily("vnode_serving_certificate_expiry_timestamp_seconds",
+                                       "When the kubelet API's serving certificate expires (Unix time)")
+            expiry.add_metric([], self._serving.not_after.timestamp())
+            yield expiry
 
 
-def registry(*, models: ModelStore, pods: PodController) -> CollectorRegistry:
+def registry(*, models: ModelStore, pods: PodController, serving: ServingState | None = None) -> CollectorRegistry:
     reg = CollectorRegistry()
-    reg.register(AgentCollector(models=models, pods=pods))
+    reg.register(AgentCollector(models=models, pods=pods, serving=serving))
     return reg

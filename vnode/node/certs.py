@@ -1,22 +1,35 @@
-"""The kubelet API's serving certificate: from a CSR the cluster signs, or self-signed.
+"""The kubelet API's serving certificate: from a CSR the cluster signs, or self-signed,
+kept fresh while the agent runs.
 
 A `kubernetes.io/kubelet-serving` CSR is never auto-approved, so vnode asks once, logs
 the exact `kubectl certificate approve` command, and waits (without holding up the node
 or its pods). The certificate is kept in the state directory and reused while it is
 valid for this node's name and address; self-signed only when asked for explicitly,
 because the API server (with --kubelet-certificate-authority) will rightly refuse it.
+
+Rotation follows the kubelet's certificate manager: at a jittered point 70-90 % into the
+certificate's life a new key and CSR are made; the old certificate serves until the new
+one is issued, then the live TLS context takes it (new connections get it, open streams
+keep theirs). Certificates given as files are reloaded when the files change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
 import logging
+import os
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -69,12 +82,12 @@ def _key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def self_signed(directory: Path, *, node_name: str, host_ip: str) -> tuple[Path, Path]:
+def self_signed(directory: Path, *, node_name: str, host_ip: str, renew: bool = False) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = directory / "serving-self-signed.crt", directory / "serving-self-signed.key"
-    if usable(cert_path, node_name=node_name, host_ip=host_ip):
+    if not renew and usable(cert_path, node_name=node_name, host_ip=host_ip):
         return cert_path, key_path
-    key = _key(key_path)
+    key = _new_key() if renew else _key(key_path)
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
         x509.CertificateBuilder().subject_name(_subject(node_name)).issuer_name(_subject(node_name))
@@ -84,17 +97,33 @@ def self_signed(directory: Path, *, node_name: str, host_ip: str) -> tuple[Path,
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _install(key, cert.public_bytes(serialization.Encoding.PEM), cert_path, key_path)
     return cert_path, key_path
 
 
-async def from_csr(api: KubeClient, directory: Path, *, node_name: str, host_ip: str, poll: float = 2.0) -> tuple[Path, Path]:
-    """A serving certificate signed by the cluster; waits for an admin's approval."""
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _install(key: ec.EllipticCurvePrivateKey, cert_pem: bytes, cert_path: Path, key_path: Path) -> None:
+    """Write key and certificate through temporary files and renames: never half a pair on disk."""
+    key_tmp, cert_tmp = key_path.with_suffix(".key.tmp"), cert_path.with_suffix(".crt.tmp")
+    key_tmp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_tmp.chmod(0o600)
+    cert_tmp.write_bytes(cert_pem)
+    os.replace(key_tmp, key_path)
+    os.replace(cert_tmp, cert_path)
+
+
+async def from_csr(api: KubeClient, directory: Path, *, node_name: str, host_ip: str, poll: float = 2.0,
+                   renew: bool = False) -> tuple[Path, Path]:
+    """A serving certificate signed by the cluster; waits for an admin's approval. With renew,
+    a new key and CSR even if the current certificate is still good (rotation)."""
     directory.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = directory / "serving.crt", directory / "serving.key"
-    if usable(cert_path, node_name=node_name, host_ip=host_ip):
+    if not renew and usable(cert_path, node_name=node_name, host_ip=host_ip):
         return cert_path, key_path
-    key = await asyncio.to_thread(_key, key_path)
+    key = await (asyncio.to_thread(_new_key) if renew else asyncio.to_thread(_key, key_path))
     csr = (
         x509.CertificateSigningRequestBuilder().subject_name(_subject(node_name))
         .add_extension(_sans(node_name, host_ip), critical=False).sign(key, hashes.SHA256())
@@ -119,7 +148,109 @@ async def from_csr(api: KubeClient, directory: Path, *, node_name: str, host_ip:
             if cond.get("type") in ("Denied", "Failed") and cond.get("status", "True") == "True":
                 raise CertificateDenied(f"serving certificate request {name} was {cond['type'].lower()}: {cond.get('message', '')}")
         if status.get("certificate"):
-            cert_path.write_bytes(base64.b64decode(status["certificate"]))
+            await asyncio.to_thread(_install, key, base64.b64decode(status["certificate"]), cert_path, key_path)
             log.info("serving certificate issued (CSR %s)", name)
             return cert_path, key_path
         await asyncio.sleep(poll)
+
+
+# -- keeping it fresh --
+
+Renewer = Callable[[], Awaitable[tuple[Path, Path]]]
+
+
+@dataclass
+class ServingState:
+    """What is being served now, for the agent's metrics."""
+
+    not_after: dt.datetime | None = None
+
+RETRY_SECONDS = 300.0
+FILE_CHECK_SECONDS = 60.0
+
+
+def validity(cert_path: Path) -> tuple[dt.datetime, dt.datetime]:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+def rotation_deadline(not_before: dt.datetime, not_after: dt.datetime, rng: random.Random | None = None) -> dt.datetime:
+    """As the kubelet's certificate manager: a random point 70-90 % into the life, so a fleet
+    of nodes issued together does not renew together."""
+    jitter = 0.7 + 0.2 * (rng or random).random()
+    return not_before + (not_after - not_before) * jitter
+
+
+async def keep_fresh(ctx: ssl.SSLContext, cert: Path, key: Path, *, renew: Renewer | None, state: ServingState | None = None,
+                     file_check: float = FILE_CHECK_SECONDS, retry: float = RETRY_SECONDS) -> None:
+    """Run for the server's lifetime: rotate through `renew` before expiry, or (renew None:
+    certificates the operator manages) reload the files when they change."""
+    state = state or ServingState()
+    if renew is None:
+        with contextlib.suppress(OSError, ValueError):
+            state.not_after = (await asyncio.to_thread(validity, cert))[1]
+        await _watch_files(ctx, cert, key, every=file_check, state=state)
+        return
+    while True:
+        not_before, not_after = await asyncio.to_thread(validity, cert)
+        state.not_after = not_after
+        deadline = rotation_deadline(not_before, not_after)
+        log.debug("serving certificate valid until %s; rotation at %s", not_after.isoformat(), deadline.isoformat())
+        await _sleep_until(deadline)
+        log.info("serving certificate: %s of its life used; requesting a new one",
+                 "all" if _now() >= not_after else f"{(_now() - not_before) / (not_after - not_before):.0%}")
+        try:
+            cert, key = await renew()
+        except CertificateDenied as exc:
+            log.error("serving certificate not rotated: %s; the current one expires %s; retrying in %.0fs",
+                      exc, not_after.isoformat(), retry)
+            await asyncio.sleep(retry)
+            continue
+        except (ApiError, OSError, aiohttp.ClientError) as exc:
+            log.warning("serving certificate not rotated: %s; retrying in %.0fs", exc, retry)
+            await asyncio.sleep(retry)
+            continue
+        load(ctx, cert, key, state)
+
+
+def load(ctx: ssl.SSLContext, cert: Path, key: Path, state: ServingState) -> None:
+    """Swap the live context's certificate. On the event loop on purpose: the context is used
+    by every handshake there, and loading one PEM pair takes about a millisecond."""
+    ctx.load_cert_chain(str(cert), str(key))
+    state.not_after = validity(cert)[1]
+    log.info("kubelet API now serves the certificate valid until %s", state.not_after.isoformat())
+
+
+async def _watch_files(ctx: ssl.SSLContext, cert: Path, key: Path, *, every: float, state: ServingState) -> None:
+    seen = _stamp(cert, key)
+    while True:
+        await asyncio.sleep(every)
+        now = _stamp(cert, key)
+        if now == seen:
+            continue
+        seen = now
+        try:
+            load(ctx, cert, key, state)
+        except (OSError, ssl.SSLError, ValueError) as exc:  # e.g. caught between the two files' updates
+            log.warning("serving certificate files changed but cannot be loaded (%s); still serving the previous one", exc)
+
+
+def _stamp(*paths: Path) -> tuple[tuple[int, int], ...]:
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((0, 0))
+    return tuple(out)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+async def _sleep_until(when: dt.datetime) -> None:
+    """In steps of at most an hour, so a suspended laptop or a changed clock is noticed."""
+    while (left := (when - _now()).total_seconds()) > 0:
+        await asyncio.sleep(min(left, 3600.0))

@@ -1,0 +1,132 @@
+"""Serving-certificate freshness: the rotation point, and swapping the live TLS context."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import ssl
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from vnode.node import certs
+
+NODE, IP = "mac-1", "127.0.0.1"
+
+
+def _serial_of(pem: bytes) -> int:
+    return x509.load_pem_x509_certificate(pem).serial_number
+
+
+async def _served_serial(port: int) -> int:
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_rotation_deadline_is_70_to_90_percent_into_the_life() -> None:
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    end = start + dt.timedelta(days=100)
+    rng = random.Random(7)
+    points = [(certs.rotation_deadline(start, end, rng) - start) / (end - start) for _ in range(1000)]
+    assert 0.7 <= min(points) < 0.72 and 0.88 < max(points) <= 0.9
+
+
+def test_renewing_a_self_signed_certificate_makes_a_new_key_and_serial(tmp_path: Path) -> None:
+    cert, key = certs.self_signed(tmp_path, node_name=NODE, host_ip=IP)
+    first_cert, first_key = cert.read_bytes(), key.read_bytes()
+    assert certs.self_signed(tmp_path, node_name=NODE, host_ip=IP) == (cert, key)
+    assert cert.read_bytes() == first_cert  # still good: reused
+    certs.self_signed(tmp_path, node_name=NODE, host_ip=IP, renew=True)
+    assert _serial_of(cert.read_bytes()) != _serial_of(first_cert) and key.read_bytes() != first_key
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.asyncio
+async def test_rotation_swaps_the_certificate_new_connections_get(tmp_path: Path, monkeypatch) -> None:
+    cert, key = certs.self_signed(tmp_path, node_name=NODE, host_ip=IP)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert), str(key))
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    old = await _served_serial(port)
+    renewed = asyncio.Event()
+
+    async def renew() -> tuple[Path, Path]:
+        pair = await asyncio.to_thread(certs.self_signed, tmp_path, node_name=NODE, host_ip=IP, renew=True)
+        renewed.set()
+        return pair
+
+    deadlines = iter([0.0])  # the first certificate is due now, the next one at its 90 %
+    monkeypatch.setattr(certs, "rotation_deadline", lambda start, end, rng=None: start + (end - start) * next(deadlines, 0.9))
+    state = certs.ServingState()
+    task = asyncio.create_task(certs.keep_fresh(ctx, cert, key, renew=renew, state=state))
+    try:
+        await asyncio.wait_for(renewed.wait(), 10)
+        for _ in range(100):
+            if (new := await _served_serial(port)) != old:
+                break
+            await asyncio.sleep(0.01)
+        assert new == _serial_of(cert.read_bytes()) != old
+        assert state.not_after == certs.validity(cert)[1]
+    finally:
+        task.cancel()
+        server.close()
+
+
+@pytest.mark.asyncio
+async def test_a_failed_renewal_keeps_serving_and_retries(tmp_path: Path, monkeypatch, caplog) -> None:
+    cert, key = certs.self_signed(tmp_path, node_name=NODE, host_ip=IP)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert), str(key))
+    calls = 0
+    done = asyncio.Event()
+
+    async def renew() -> tuple[Path, Path]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise certs.CertificateDenied("serving certificate request x was denied: no")
+        if calls == 2:
+            raise OSError("disk full")
+        done.set()
+        return cert, key
+
+    monkeypatch.setattr(certs, "rotation_deadline", lambda start, end, rng=None: start)
+    task = asyncio.create_task(certs.keep_fresh(ctx, cert, key, renew=renew, retry=0.01))
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        task.cancel()
+    assert "was denied" in caplog.text and "disk full" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_operator_files_are_reloaded_when_they_change(tmp_path: Path) -> None:
+    cert, key = certs.self_signed(tmp_path, node_name=NODE, host_ip=IP)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert), str(key))
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    old = await _served_serial(port)
+    task = asyncio.create_task(certs.keep_fresh(ctx, cert, key, renew=None, file_check=0.02))
+    try:
+        cert.write_bytes(b"half written")  # a broken moment is survived
+        await asyncio.sleep(0.1)
+        assert await _served_serial(port) == old
+        await asyncio.to_thread(certs.self_signed, tmp_path, node_name=NODE, host_ip=IP, renew=True)
+        new = _serial_of(cert.read_bytes())
+        for _ in range(200):
+            if await _served_serial(port) == new:
+                break
+            await asyncio.sleep(0.01)
+        assert await _served_serial(port) == new != old
+    finally:
+        task.cancel()
+        server.close()

@@ -66,7 +66,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import random
 import re
 import select
@@ -94,7 +93,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 import pods as podbench  # noqa: E402 - bench/pods.py: hub, model, clean-up and noise helpers
-from pods import cpu_clock, cpu_seconds, foreign_activity, percentile, summary, wait_quiet  # noqa: E402 - shared stats/noise
+from pods import cpu_clock, cpu_seconds, foreign_activity, machine, percentile, summary, wait_quiet  # noqa: E402 - shared stats/noise
 from vnode.cluster.build import ensure_llama_server  # noqa: E402
 from vnode.cluster.local import LocalCluster, free_port  # noqa: E402
 from vnode.cluster.processes import Proc  # noqa: E402
@@ -1179,7 +1178,7 @@ def main() -> int:
     result = {
         "bench": "kubelet-api",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "machine": machine(),
         "noise": {**noise, "sections": sections},
         "elapsed_s": round(elapsed, 1),
         "args": vars(args) | {"dir": str(directory)},

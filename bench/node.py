@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,9 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pods import machine, summary  # noqa: E402 - bench/pods.py: shared result helpers
 from vnode.cluster.local import LocalCluster  # noqa: E402
 from vnode.cluster.processes import Proc, stop  # noqa: E402
 
@@ -101,10 +102,6 @@ def idle_footprint(cluster: LocalCluster, core: k8s.CoreV1Api, seconds: int) -> 
         cluster.forget(proc)
 
 
-def summary(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, help="reuse/keep a cluster directory (default: a temporary one)")
@@ -131,7 +128,7 @@ def main() -> int:
     result = {
         "bench": "node",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "machine": machine(),
         "time_to_ready_s": {"fresh": summary(fresh), "rejoin": summary(rejoin)},
         "idle": idle,
         "targets": {"time_to_ready_s": 2.0, "idle_rss_mib": 60, "idle_cpu_percent": 1.0},

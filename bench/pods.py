@@ -118,6 +118,11 @@ def measured_completion(host: str, port: int, pids: dict[str, int]) -> dict:
     return out
 
 
+def machine() -> dict:
+    """What the result files record of the machine the numbers came from."""
+    return {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()}
+
+
 def percentile(values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""
     s = sorted(values)
@@ -633,7 +638,7 @@ def main() -> int:
     result = {
         "bench": "pods",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "machine": machine(),
         "noise": noise,
         "elapsed_s": round(elapsed, 1),
         "llama_server": str(binary),

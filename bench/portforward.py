@@ -40,7 +40,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -60,7 +59,7 @@ sys.path.insert(0, str(BENCH))
 
 import kubelet_api as kb  # noqa: E402 - bench/kubelet_api.py: cluster, Pod, bulk server, kubectl helpers
 import pods as podbench  # noqa: E402
-from pods import foreign_activity, wait_quiet  # noqa: E402
+from pods import foreign_activity, machine, wait_quiet  # noqa: E402
 from vnode.cluster.build import cache_dir, ensure_llama_server  # noqa: E402
 from vnode.cluster.local import LocalCluster, free_port  # noqa: E402
 from vnode.cluster.processes import Proc  # noqa: E402
@@ -328,7 +327,7 @@ def main() -> int:
     result = {
         "bench": "portforward",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "machine": machine(),
         "noise": noise,
         "elapsed_s": round(elapsed, 1),
         "args": vars(args) | {"dir": str(directory), "links": links},

@@ -30,6 +30,15 @@ async def _served_serial(port: int) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
+async def _serving(tmp_path: Path) -> tuple[Path, Path, ssl.SSLContext, asyncio.Server, int]:
+    """A TLS server on a fresh self-signed certificate, as the kubelet API's context is made."""
+    cert, key = certs.self_signed(tmp_path, node_name=NODE, host_ip=IP)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert), str(key))
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=ctx)
+    return cert, key, ctx, server, server.sockets[0].getsockname()[1]
+
+
 def test_rotation_deadline_is_70_to_90_percent_into_the_life() -> None:
     start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     end = start + dt.timedelta(days=100)
@@ -50,11 +59,7 @@ def test_renewing_a_self_signed_certificate_makes_a_new_key_and_serial(tmp_path:
 
 @pytest.mark.asyncio
 async def test_rotation_swaps_the_certificate_new_connections_get(tmp_path: Path, monkeypatch) -> None:
-    cert, key = certs.self_signed(tmp_path, node_name=NODE, host_ip=IP)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(cert), str(key))
-    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=ctx)
-    port = server.sockets[0].getsockname()[1]
+    cert, key, ctx, server, port = await _serving(tmp_path)
     old = await _served_serial(port)
     renewed = asyncio.Event()
 
@@ -109,11 +114,7 @@ async def test_a_failed_renewal_keeps_serving_and_retries(tmp_path: Path, monkey
 
 @pytest.mark.asyncio
 async def test_operator_files_are_reloaded_when_they_change(tmp_path: Path) -> None:
-    cert, key = certs.self_signed(tmp_path, node_name=NODE, host_ip=IP)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(cert), str(key))
-    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=ctx)
-    port = server.sockets[0].getsockname()[1]
+    cert, key, ctx, server, port = await _serving(tmp_path)
     old = await _served_serial(port)
     task = asyncio.create_task(certs.keep_fresh(ctx, cert, key, renew=None, file_check=0.02))
     try:

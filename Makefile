@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: demo test unit e2e bench binaries down clean
+.PHONY: demo test unit e2e bench fuzz binaries down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: binaries
 	$(PY) bench/pods.py
 	$(PY) bench/kubelet_api.py
 	$(PY) bench/portforward.py
+
+# The SPDY frame parser and the WebSocket channel decoder, mutation-fuzzed for
+# FUZZ_SECONDS each (CI runs their bounded property tests only).
+FUZZ_SECONDS ?= 300
+fuzz: $(VENV)/.installed
+	VNODE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -k fuzz_long tests/unit/kubelet_api
 
 down:
 	$(PY) -m vnode cluster down

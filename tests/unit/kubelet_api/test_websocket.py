@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import random
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -215,6 +217,44 @@ def test_decode_raises_only_channel_error(message: bytes | str, b64: bool, chann
     except ChannelError:
         return
     assert channel in channels and isinstance(payload, bytes)
+
+
+def run_decode_fuzz(seconds: float, seed: int | None = None) -> int:
+    """Mutation fuzzing of the channel decoder for a while (binary and base64 framing, every
+    channel set in use); only ChannelError may come out. Returns the number of cases run."""
+    rng = random.Random(seed)
+    corpus = [encode(c, rng.randbytes(rng.randint(0, 64)), base64=b64) for c in range(5) for b64 in (False, True)]
+    sets = [EXEC_CHANNELS, EXEC_CHANNELS - {CLOSE_CHANNEL}, frozenset(range(6)), frozenset()]
+    deadline, cases = time.monotonic() + seconds, 0
+    while time.monotonic() < deadline:
+        seed_msg = rng.choice(corpus)
+        raw = bytearray(seed_msg.encode() if isinstance(seed_msg, str) else seed_msg)
+        for _ in range(rng.randint(0, 6)):
+            pos = rng.randrange(len(raw) + 1)
+            if rng.random() < 0.5 and raw:
+                raw[min(pos, len(raw) - 1)] = rng.randrange(256)
+            else:
+                raw[pos:pos] = rng.randbytes(rng.randint(1, 8))
+        b64 = rng.random() < 0.5
+        message: bytes | str = raw.decode("latin-1") if b64 and rng.random() < 0.8 else bytes(raw)
+        channels = rng.choice(sets)
+        try:
+            channel, payload = decode(message, base64=b64, channels=channels)
+        except ChannelError:
+            pass
+        else:
+            assert channel in channels and isinstance(payload, bytes)
+        cases += 1
+    return cases
+
+
+@pytest.mark.skipif(not os.environ.get("VNODE_FUZZ_SECONDS"), reason="set VNODE_FUZZ_SECONDS for a long run")
+def test_fuzz_long_channel_decoder() -> None:
+    assert run_decode_fuzz(float(os.environ["VNODE_FUZZ_SECONDS"])) > 0
+
+
+def test_channel_decoder_fuzz_smoke() -> None:
+    assert run_decode_fuzz(0.5, seed=1) > 100
 
 
 # --- exit status -------------------------------------------------------------------------

@@ -41,7 +41,7 @@ bench: binaries
 # FUZZ_SECONDS each (CI runs their bounded property tests only).
 FUZZ_SECONDS ?= 300
 fuzz: $(VENV)/.installed
-	VNODE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -k fuzz_long tests/unit/kubelet_api
+	VNODE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s -k fuzz_long tests/unit/kubelet_api
 
 down:
 	$(PY) -m vnode cluster down

@@ -250,6 +250,39 @@ def test_python_client_stream_exec_over_websocket(cluster, served):
     assert resp.returncode == 3
 
 
+def test_python_client_port_forward_over_websocket(cluster, served):
+    """The Python client forwards over WebSocket (portforward.k8s.io channels), which the API
+    server passes through to vnode: a health check and a chat completion on one forwarded
+    socket each; an undeclared port is refused with a message."""
+    from kubernetes import client, config
+    from kubernetes.stream import portforward
+
+    ns_name, pod = served
+    api = client.CoreV1Api(config.new_client_from_config(config_file=cluster.state.admin_kubeconfig))
+
+    def http(request: bytes) -> bytes:
+        pf = portforward(api.connect_get_namespaced_pod_portforward, pod, ns_name, ports=str(PORT))
+        sock = pf.socket(PORT)
+        sock.settimeout(60)
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+        assert pf.error(PORT) is None
+        return data
+
+    health = http(b"GET /health HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200") and b'"ok"' in health
+    body = json.dumps({"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8}).encode()
+    chat = http(b"POST /v1/chat/completions HTTP/1.1\r\nHost: pod\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert chat.startswith(b"HTTP/1.1 200") and b'"assistant"' in chat
+    with pytest.raises(Exception) as refused:
+        portforward(api.connect_get_namespaced_pod_portforward, pod, ns_name, ports="22")
+    assert "400" in str(refused.value.reason) and "ports [22] are not ports of pod" in str(refused.value.reason)
+
+
 def test_vnode_own_logs_are_served_read_only(cluster, served):
     listing = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/logs/").stdout
     assert "vnode.log" in listing

@@ -499,7 +499,28 @@ class _Mux:
         self._done.set()
 
 
-class ExecStreams:
+class _Session:
+    """What exec and port-forward sessions share: the multiplexed WebSocket underneath."""
+
+    _mux: _Mux
+
+    @property
+    def protocol(self) -> str:
+        return self._mux.spec.name
+
+    @property
+    def closed(self) -> bool:
+        return self._mux.closed
+
+    async def wait_closed(self) -> None:
+        """Returns when the client went away or close() was called."""
+        await self._mux.wait_closed()
+
+    async def close(self) -> None:
+        await self._mux.close()
+
+
+class ExecStreams(_Session):
     """stdin/stdout/stderr/resize/status of one exec or attach over a channel protocol.
 
     Writes after the connection closed are dropped (watch `closed`/`wait_closed()` to stop
@@ -516,18 +537,6 @@ class ExecStreams:
             sinks[STDIN] = self._stdin
         channels = EXEC_CHANNELS if spec.close_signal else EXEC_CHANNELS - {CLOSE_CHANNEL}
         self._mux = _Mux(ws, spec, channels, sinks, self._fatal)
-
-    @property
-    def protocol(self) -> str:
-        return self._mux.spec.name
-
-    @property
-    def closed(self) -> bool:
-        return self._mux.closed
-
-    async def wait_closed(self) -> None:
-        """Returns when the client went away or close() was called."""
-        await self._mux.wait_closed()
 
     async def read_stdin(self) -> bytes:
         """The next stdin chunk; b"" at EOF (v5 close signal, disconnect, or no stdin)."""
@@ -551,9 +560,6 @@ class ExecStreams:
         payload = status_payload(exit_status(exit_code, message), self._mux.spec)
         if payload is not None:
             await self._mux.send(ERROR, payload)
-
-    async def close(self) -> None:
-        await self._mux.close()
 
     async def _fatal(self, reason: str) -> None:
         await self.send_status(None, reason)
@@ -593,7 +599,7 @@ class PortStream:
         await self._mux.send(2 * self.index + 1, message.encode("utf-8"))
 
 
-class PortForwardStreams:
+class PortForwardStreams(_Session):
     """The ports of one port-forward request, in query order (a port may repeat).
 
     Iterate (or index) for the PortStreams; call close() once every port is done.
@@ -614,20 +620,6 @@ class PortForwardStreams:
 
     def __len__(self) -> int:
         return len(self._streams)
-
-    @property
-    def protocol(self) -> str:
-        return self._mux.spec.name
-
-    @property
-    def closed(self) -> bool:
-        return self._mux.closed
-
-    async def wait_closed(self) -> None:
-        await self._mux.wait_closed()
-
-    async def close(self) -> None:
-        await self._mux.close()
 
     async def run(self, connect: Connect) -> None:
         """Forward every port to a connection from `connect(port)`, like the kubelet's

@@ -96,18 +96,31 @@ def read_existing(log_path: Path, opts: LogOptions) -> tuple[list[bytes], int]:
     return lines, offset
 
 
+class _Budget:
+    """limitBytes across a whole response: lines are cut at the limit, then nothing more."""
+
+    def __init__(self, limit: int | None) -> None:
+        self._left = limit
+
+    def take(self, line: bytes) -> bytes | None:
+        if self._left is None:
+            return line
+        if self._left <= 0:
+            return None
+        line = line[: self._left]
+        self._left -= len(line)
+        return line
+
+
 async def stream(
     log_path: Path, opts: LogOptions, *, follow: bool, finished: Callable[[], bool]
 ) -> AsyncIterator[bytes]:
     """Yield log output; with `follow`, keep going until `finished()` and the file is drained."""
     lines, offset = await asyncio.to_thread(read_existing, log_path, opts)
-    budget = opts.limit_bytes
+    budget = _Budget(opts.limit_bytes)
     for line in lines:
-        if budget is not None:
-            if budget <= 0:
-                return
-            line = line[:budget]
-            budget -= len(line)
+        if (line := budget.take(line)) is None:
+            return
         yield line
     if not follow:
         return
@@ -132,11 +145,8 @@ async def stream(
                 else:
                     pending += line
                     continue
-                if budget is not None:
-                    if budget <= 0:
-                        return
-                    line = line[:budget]
-                    budget -= len(line)
+                if (line := budget.take(line)) is None:
+                    return
                 yield line
             continue
         if done:

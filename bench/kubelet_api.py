@@ -695,14 +695,6 @@ def pod_manifest() -> dict:
     }
 
 
-def node_ready(core: k8s.CoreV1Api) -> bool:
-    try:
-        node = core.read_node_status(NODE, _request_timeout=2)
-    except Exception:  # noqa: BLE001 - not there yet
-        return False
-    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-
-
 def pod_ready(core: k8s.CoreV1Api) -> bool:
     try:
         pod = core.read_namespaced_pod_status(POD, NAMESPACE, _request_timeout=5)
@@ -1083,7 +1075,7 @@ def main() -> int:
         hub, hub_url = podbench.start_hub(cluster, gemma)
         agent = cluster.start_agent(f"--hf-endpoint={hub_url}", f"--llama-server={binary}", node_name=NODE)
         deadline = time.monotonic() + 60
-        while not node_ready(core):
+        while not podbench.node_ready(core, NODE):
             if not agent.alive() or time.monotonic() > deadline:
                 raise SystemExit(f"agent did not make {NODE} Ready; see {agent.log}")
             time.sleep(0.1)

@@ -404,9 +404,9 @@ def start_hub(cluster: LocalCluster, gemma: Path) -> tuple[Proc, str]:
     raise SystemExit(f"hub server did not come up; see {proc.log}")
 
 
-def node_ready(core: k8s.CoreV1Api) -> bool:
+def node_ready(core: k8s.CoreV1Api, name: str = NODE) -> bool:
     try:
-        node = core.read_node_status(NODE, _request_timeout=2)
+        node = core.read_node_status(name, _request_timeout=2)
     except Exception:  # noqa: BLE001 - not there yet
         return False
     return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])

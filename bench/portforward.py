@@ -272,7 +272,7 @@ def main() -> int:
         servers.append(hub)
         agent = cluster.start_agent(f"--hf-endpoint={hub_url}", f"--llama-server={binary}", node_name=kb.NODE)
         deadline = time.monotonic() + 60
-        while not kb.node_ready(core):
+        while not podbench.node_ready(core, kb.NODE):
             if not agent.alive() or time.monotonic() > deadline:
                 raise SystemExit(f"agent did not make {kb.NODE} Ready; see {agent.log}")
             time.sleep(0.1)

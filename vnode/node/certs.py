@@ -36,10 +36,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vnode.kubeclient import ApiError, KubeClient
+from vnode.node.client import Backoff, Outage, explain, is_transient
 
 log = logging.getLogger(__name__)
 
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+HINT_EVERY = 3600.0  # repeat the approve command while waiting, so it is not lost in old logs
 
 
 class CertificateDenied(RuntimeError):
@@ -135,14 +137,36 @@ async def from_csr(api: KubeClient, directory: Path, *, node_name: str, host_ip:
         "spec": {"request": base64.b64encode(pem).decode(), "signerName": "kubernetes.io/kubelet-serving",
                  "usages": ["digital signature", "server auth"]},
     }
-    try:
-        await api.create(CSRS, body)
-    except ApiError as exc:
-        if exc.status != 409:
-            raise
-    log.warning("the kubelet API waits for its serving certificate: approve it with `kubectl certificate approve %s`", name)
+    # Waiting may take days: the API server going away meanwhile is retried (one log line per
+    # distinct problem), a CSR deleted or cleaned up unapproved is asked for again, and only a
+    # refusal that retrying cannot fix (denied, forbidden) ends the wait.
+    outage, backoff = Outage(log, "serving certificate request"), Backoff(cap=30.0)
+    created = False
+    hinted = -HINT_EVERY
+    loop = asyncio.get_running_loop()
     while True:
-        current = await api.get(f"{CSRS}/{name}")
+        try:
+            if not created:
+                try:
+                    await api.create(CSRS, body)
+                except ApiError as exc:
+                    if exc.status != 409:
+                        raise
+                created = True
+            current = await api.get(f"{CSRS}/{name}")
+        except Exception as exc:  # noqa: BLE001 - sorted into retry or refusal below
+            if isinstance(exc, ApiError) and exc.status == 404 and created:
+                log.warning("serving certificate request %s is gone (deleted, or cleaned up unapproved); asking again", name)
+                created = False
+                continue
+            if not is_transient(exc):
+                raise CertificateDenied(f"cannot request a serving certificate: {explain(exc, server=api.server)}") from None
+            delay = backoff.next_delay()
+            outage.failed(explain(exc, server=api.server), retry_in=delay)
+            await asyncio.sleep(delay)
+            continue
+        outage.recovered()
+        backoff.reset()
         status = current.get("status") or {}
         for cond in status.get("conditions") or []:
             if cond.get("type") in ("Denied", "Failed") and cond.get("status", "True") == "True":
@@ -151,6 +175,9 @@ async def from_csr(api: KubeClient, directory: Path, *, node_name: str, host_ip:
             await asyncio.to_thread(_install, key, base64.b64decode(status["certificate"]), cert_path, key_path)
             log.info("serving certificate issued (CSR %s)", name)
             return cert_path, key_path
+        if loop.time() - hinted >= HINT_EVERY:
+            log.warning("the kubelet API waits for its serving certificate: approve it with `kubectl certificate approve %s`", name)
+            hinted = loop.time()
         await asyncio.sleep(poll)
 
 

@@ -131,3 +131,55 @@ async def test_operator_files_are_reloaded_when_they_change(tmp_path: Path) -> N
     finally:
         task.cancel()
         server.close()
+
+
+class _FlakyApi:
+    """Plain-data stand-in for the API server's CSR endpoints: scripted answers per call."""
+
+    server = "https://api.example:6443"
+
+    def __init__(self, creates: list, gets: list) -> None:
+        self.creates, self.gets, self.created = creates, gets, []
+
+    async def create(self, path: str, body: dict) -> dict:
+        self.created.append(body["metadata"]["name"])
+        answer = self.creates.pop(0) if self.creates else body
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    async def get(self, path: str) -> dict:
+        answer = self.gets.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+@pytest.mark.asyncio
+async def test_waiting_for_approval_survives_the_api_server_going_away_and_a_deleted_csr(tmp_path: Path, monkeypatch, caplog) -> None:
+    import aiohttp
+
+    from vnode.kubeclient import ApiError
+
+    monkeypatch.setattr(certs, "Backoff", lambda cap: type("B", (), {"next_delay": lambda self: 0.0, "reset": lambda self: None})())
+    issued = {"status": {"certificate": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="}}
+    api = _FlakyApi(creates=[aiohttp.ClientConnectionError("refused")],
+                    gets=[{"status": {}}, aiohttp.ServerDisconnectedError(), ApiError(503, "ServiceUnavailable", "etcd"),
+                          ApiError(404, "NotFound", "gone"), {"status": {}}, issued])
+    cert, key = await certs.from_csr(api, tmp_path, node_name=NODE, host_ip=IP, poll=0.0)  # type: ignore[arg-type]
+    assert cert.read_bytes() == b"-----BEGIN CERTIFICATE-----\n" and key.exists()
+    assert len(api.created) == 3 and len(set(api.created)) == 1  # refused, created, re-created after the 404
+    assert "API server answered 503" in caplog.text and "asking again" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_refusal_retrying_cannot_fix_is_a_clear_error(tmp_path: Path) -> None:
+    from vnode.kubeclient import ApiError
+
+    api = _FlakyApi(creates=[ApiError(403, "Forbidden", 'cannot create resource "certificatesigningrequests"')], gets=[])
+    with pytest.raises(certs.CertificateDenied, match="cannot request a serving certificate: forbidden by the API server"):
+        await certs.from_csr(api, tmp_path, node_name=NODE, host_ip=IP, poll=0.0)  # type: ignore[arg-type]
+    denied = _FlakyApi(creates=[], gets=[{"status": {"conditions": [{"type": "Denied", "status": "True", "message": "not ours"}]}}])
+    with pytest.raises(certs.CertificateDenied, match="was denied: not ours"):
+        await certs.from_csr(denied, tmp_path, node_name=NODE, host_ip=IP, poll=0.0)  # type: ignore[arg-type]

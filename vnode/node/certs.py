@@ -219,8 +219,12 @@ async def keep_fresh(ctx: ssl.SSLContext, cert: Path, key: Path, *, renew: Renew
         await _watch_files(ctx, cert, key, every=file_check, state=state)
         return
     while True:
-        not_before, not_after = await asyncio.to_thread(validity, cert)
-        state.not_after = not_after
+        try:
+            not_before, not_after = await asyncio.to_thread(validity, cert)
+            state.not_after = not_after
+        except (OSError, ValueError) as exc:  # deleted or damaged under us: the live context still serves
+            log.warning("serving certificate %s cannot be read (%s); requesting a new one now", cert, exc)
+            not_before = not_after = _now()
         deadline = rotation_deadline(not_before, not_after)
         log.debug("serving certificate valid until %s; rotation at %s", not_after.isoformat(), deadline.isoformat())
         await _sleep_until(deadline)
@@ -237,7 +241,11 @@ async def keep_fresh(ctx: ssl.SSLContext, cert: Path, key: Path, *, renew: Renew
             log.warning("serving certificate not rotated: %s; retrying in %.0fs", exc, retry)
             await asyncio.sleep(retry)
             continue
-        load(ctx, cert, key, state)
+        try:
+            load(ctx, cert, key, state)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error("the new serving certificate cannot be loaded (%s); still serving the previous one; retrying in %.0fs", exc, retry)
+            await asyncio.sleep(retry)
 
 
 def load(ctx: ssl.SSLContext, cert: Path, key: Path, state: ServingState) -> None:

@@ -183,3 +183,26 @@ async def test_a_refusal_retrying_cannot_fix_is_a_clear_error(tmp_path: Path) ->
     denied = _FlakyApi(creates=[], gets=[{"status": {"conditions": [{"type": "Denied", "status": "True", "message": "not ours"}]}}])
     with pytest.raises(certs.CertificateDenied, match="was denied: not ours"):
         await certs.from_csr(denied, tmp_path, node_name=NODE, host_ip=IP, poll=0.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_a_certificate_file_removed_under_the_agent_is_renewed_not_fatal(tmp_path: Path, caplog) -> None:
+    cert, key, ctx, server, port = await _serving(tmp_path)
+    old = await _served_serial(port)
+    cert.unlink()
+    renewed = asyncio.Event()
+
+    async def renew() -> tuple[Path, Path]:
+        pair = await asyncio.to_thread(certs.self_signed, tmp_path, node_name=NODE, host_ip=IP, renew=True)
+        renewed.set()
+        return pair
+
+    task = asyncio.create_task(certs.keep_fresh(ctx, cert, key, renew=renew))
+    try:
+        await asyncio.wait_for(renewed.wait(), 10)
+        await asyncio.sleep(0.05)
+        assert not task.done() and await _served_serial(port) != old
+        assert "cannot be read" in caplog.text
+    finally:
+        task.cancel()
+        server.close()

@@ -160,11 +160,12 @@ def _status_name(status: int) -> str:
 # --- Frames -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DataFrame:
-    stream_id: int
-    data: bytes
-    flags: int = 0
+class _Fin:
+    """`fin` for the frames whose flags can carry FLAG_FIN (no fields: the dataclasses keep
+    their slots)."""
+
+    __slots__ = ()
+    flags: int
 
     @property
     def fin(self) -> bool:
@@ -172,7 +173,14 @@ class DataFrame:
 
 
 @dataclass(frozen=True, slots=True)
-class SynStreamFrame:
+class DataFrame(_Fin):
+    stream_id: int
+    data: bytes
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SynStreamFrame(_Fin):
     stream_id: int
     headers: Headers
     associated_stream_id: int = 0
@@ -181,23 +189,15 @@ class SynStreamFrame:
     flags: int = 0
 
     @property
-    def fin(self) -> bool:
-        return bool(self.flags & FLAG_FIN)
-
-    @property
     def unidirectional(self) -> bool:
         return bool(self.flags & FLAG_UNIDIRECTIONAL)
 
 
 @dataclass(frozen=True, slots=True)
-class SynReplyFrame:
+class SynReplyFrame(_Fin):
     stream_id: int
     headers: Headers
     flags: int = 0
-
-    @property
-    def fin(self) -> bool:
-        return bool(self.flags & FLAG_FIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,14 +231,10 @@ class GoAwayFrame:
 
 
 @dataclass(frozen=True, slots=True)
-class HeadersFrame:
+class HeadersFrame(_Fin):
     stream_id: int
     headers: Headers
     flags: int = 0
-
-    @property
-    def fin(self) -> bool:
-        return bool(self.flags & FLAG_FIN)
 
 
 @dataclass(frozen=True, slots=True)

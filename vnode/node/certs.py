@@ -73,15 +73,14 @@ def usable(cert_path: Path, *, node_name: str, host_ip: str, min_left: float = 0
     return now < end - (end - start) * min_left
 
 
-def _key(path: Path) -> ec.EllipticCurvePrivateKey:
-    if path.exists():
+def _key(path: Path, *, fresh: bool = False) -> ec.EllipticCurvePrivateKey:
+    """The EC key already at `path` unless `fresh` (rotation makes a new key, as the kubelet
+    does), else a new one. Not written here: _install writes it together with its certificate."""
+    if not fresh and path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if isinstance(key, ec.EllipticCurvePrivateKey):
             return key
-    key = ec.generate_private_key(ec.SECP256R1())
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    path.chmod(0o600)
-    return key
+    return ec.generate_private_key(ec.SECP256R1())
 
 
 def self_signed(directory: Path, *, node_name: str, host_ip: str, renew: bool = False) -> tuple[Path, Path]:
@@ -89,7 +88,7 @@ def self_signed(directory: Path, *, node_name: str, host_ip: str, renew: bool = 
     cert_path, key_path = directory / "serving-self-signed.crt", directory / "serving-self-signed.key"
     if not renew and usable(cert_path, node_name=node_name, host_ip=host_ip):
         return cert_path, key_path
-    key = _new_key() if renew else _key(key_path)
+    key = _key(key_path, fresh=renew)
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
         x509.CertificateBuilder().subject_name(_subject(node_name)).issuer_name(_subject(node_name))
@@ -101,10 +100,6 @@ def self_signed(directory: Path, *, node_name: str, host_ip: str, renew: bool = 
     )
     _install(key, cert.public_bytes(serialization.Encoding.PEM), cert_path, key_path)
     return cert_path, key_path
-
-
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
 
 
 def _install(key: ec.EllipticCurvePrivateKey, cert_pem: bytes, cert_path: Path, key_path: Path) -> None:
@@ -125,7 +120,7 @@ async def from_csr(api: KubeClient, directory: Path, *, node_name: str, host_ip:
     cert_path, key_path = directory / "serving.crt", directory / "serving.key"
     if not renew and usable(cert_path, node_name=node_name, host_ip=host_ip):
         return cert_path, key_path
-    key = await (asyncio.to_thread(_new_key) if renew else asyncio.to_thread(_key, key_path))
+    key = await asyncio.to_thread(_key, key_path, fresh=renew)
     csr = (
         x509.CertificateSigningRequestBuilder().subject_name(_subject(node_name))
         .add_extension(_sans(node_name, host_ip), critical=False).sign(key, hashes.SHA256())

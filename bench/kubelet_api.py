@@ -711,17 +711,23 @@ def start_echo_server(cluster: LocalCluster) -> Proc:
     proc = start_process("bench-echo-server", cmd, log=Path(state.directory) / "logs" / "bench-echo-server.log")
     state.procs.append(proc.to_dict())
     state.save()
-    deadline = time.monotonic() + 20
+    wait_port(host, ECHO_PORT, proc, what=f"echo server (see {proc.log})")
+    wait_port(host, BULK_PORT, proc, what=f"bulk server (see {proc.log})")
+    return proc
+
+
+def wait_port(host: str, port: int, proc: Proc | subprocess.Popen, *, what: str, timeout: float = 20) -> None:
+    """Until something accepts on host:port; exits the bench if `proc` dies or time runs out."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            socket.create_connection((host, ECHO_PORT), timeout=1).close()
-            socket.create_connection((host, BULK_PORT), timeout=1).close()
-            return proc
+            socket.create_connection((host, port), timeout=1).close()
+            return
         except OSError:
-            if not proc.alive():
+            if not (proc.alive() if isinstance(proc, Proc) else proc.poll() is None):
                 break
             time.sleep(0.1)
-    raise SystemExit(f"echo server did not come up; see {proc.log}")
+    raise SystemExit(f"{what} is not listening on {host}:{port}")
 
 
 def start_port_forward(children: Children, kubectl: Kubectl, pod: str, ports: list[int]) -> tuple[subprocess.Popen, dict[int, int]]:

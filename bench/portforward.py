@@ -49,7 +49,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
@@ -59,7 +58,7 @@ sys.path.insert(0, str(BENCH))
 
 import kubelet_api as kb  # noqa: E402 - bench/kubelet_api.py: cluster, Pod, bulk server, kubectl helpers
 import pods as podbench  # noqa: E402
-from pods import foreign_activity, machine, wait_quiet  # noqa: E402
+from pods import cpu_seconds, foreign_activity, machine, wait_quiet  # noqa: E402
 from vnode.cluster.build import cache_dir, ensure_llama_server  # noqa: E402
 from vnode.cluster.local import LocalCluster, free_port  # noqa: E402
 from vnode.cluster.processes import Proc  # noqa: E402
@@ -103,7 +102,7 @@ def start_goref_serve(cluster: LocalCluster, goref: Path) -> Proc:
     proc = start_process("goref-serve", cmd, log=Path(state.directory) / "logs" / "goref-serve.log")
     state.procs.append(proc.to_dict())
     state.save()
-    wait_port(host, REF_PORT, proc)
+    kb.wait_port(host, REF_PORT, proc, what=f"goref serve (see {proc.log})")
     return proc
 
 
@@ -134,21 +133,6 @@ def remove_reference(core: k8s.CoreV1Api) -> None:
             pass
 
 
-def wait_port(host: str, port: int, proc: Proc | subprocess.Popen, timeout: float = 20) -> None:
-    import socket
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            alive = proc.alive() if isinstance(proc, Proc) else proc.poll() is None
-            if not alive:
-                break
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listening on {host}:{port}")
-
-
 def start_goref_forward(children: kb.Children, goref: Path, cluster: LocalCluster, port: int, pod: str) -> tuple[subprocess.Popen, int]:
     """client-go's SPDY port-forward straight to a kubelet endpoint, as the API server would."""
     pki = Path(cluster.state.directory) / "pki"
@@ -158,7 +142,7 @@ def start_goref_forward(children: kb.Children, goref: Path, cluster: LocalCluste
                                                     f"--cert={pki / 'apiserver-kubelet-client.crt'}",
                                                     f"--key={pki / 'apiserver-kubelet-client.key'}",
                                                     "--local=127.0.0.1", f"--ports={local}:{kb.BULK_PORT}"])
-    wait_port("127.0.0.1", local, proc)
+    kb.wait_port("127.0.0.1", local, proc, what="goref forward")
     return proc, local
 
 
@@ -178,18 +162,10 @@ def shape(cluster: LocalCluster, rate: str | None) -> None:
 # --------------------------------------------------------------------------- measuring
 
 
-def cpu_of(pids: dict[str, int]) -> dict[str, float]:
-    out = {}
-    for role, pid in pids.items():
-        t = psutil.Process(pid).cpu_times()
-        out[role] = t.user + t.system
-    return out
-
-
 def transfer(addr: tuple[str, int], op: str, n: int, pids: dict[str, int]) -> dict:
-    before = cpu_of(pids)
+    before = cpu_seconds(pids)
     mbps = kb.bulk_tcp(addr[0], addr[1], op, n)
-    after = cpu_of(pids)
+    after = cpu_seconds(pids)
     return {"mb_per_s": mbps, "cpu_s_per_gb": {role: (after[role] - before[role]) / (n / 1e9) for role in pids}}
 
 

@@ -86,7 +86,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         if exc.status >= 400 and not exc.text.startswith("{"):
             return status_response(exc.status, exc.reason or exc.text or "error")
         raise
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:  # the client went away: nothing to answer
         raise
     except Exception:
         log.exception("kubelet API handler for %s %s failed", request.method, request.path)

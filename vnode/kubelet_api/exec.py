@@ -27,7 +27,7 @@ from aiohttp import web
 from vnode.kubelet_api import websocket as ws
 from vnode.kubelet_api.context import context
 from vnode.kubelet_api.spdy import SpdySession, SpdyStream
-from vnode.kubelet_api.upgrade import accept_spdy, offered_protocols, wants_spdy
+from vnode.kubelet_api.upgrade import accept_spdy, offered_protocols, wants_spdy, wants_websocket
 from vnode.provider.logs import LogOptions
 from vnode.provider.logs import stream as log_stream
 
@@ -120,8 +120,14 @@ async def _end(channels: Channels, request: web.Request) -> None:
         request.transport.close()
 
 
-def _query_bool(request: web.Request, *names: str) -> bool:
-    return any(request.query.get(n, "").lower() in ("1", "true") for n in names)
+def _wanted(flags: ws.StreamOptions, *, attach: bool) -> set[str]:
+    """The streams to expect: always error; attach has no stdin (the server's is not
+    attachable) and no resize."""
+    names = ("stdout", "stderr") if attach else ("stdin", "stdout", "stderr")
+    wanted = {"error"} | {name for name in names if getattr(flags, name)}
+    if flags.tty and not attach:
+        wanted.add("resize")
+    return wanted
 
 
 def _target(request: web.Request):
@@ -155,7 +161,7 @@ async def _open(request: web.Request, *, wanted: set[str]) -> tuple[Channels, we
             writer.close()
             raise ConnectionError("streams not opened in time") from None
         return channels, response
-    if request.headers.get("Upgrade", "").lower() == "websocket":
+    if wants_websocket(request):
         socket, protocol = await ws.accept(request, kind="exec")
         session = await ws.exec_session(socket, protocol, stdin="stdin" in wanted, stdout="stdout" in wanted, stderr="stderr" in wanted)
         return session, socket
@@ -169,13 +175,9 @@ async def exec_handler(request: web.Request) -> web.StreamResponse:
     command = request.query.getall("command", [])
     if not command:
         raise web.HTTPBadRequest(reason="command is required")
-    tty = _query_bool(request, "tty")
-    want_stdin = _query_bool(request, "stdin", "input")
-    wanted = {"error"} | ({"stdin"} if want_stdin else set()) | ({"stdout"} if _query_bool(request, "stdout", "output") else set())
-    if not tty and _query_bool(request, "stderr", "error"):
-        wanted.add("stderr")
-    if tty:
-        wanted.add("resize")
+    flags = ws.stream_flags(request.query)
+    tty, want_stdin = flags.tty, flags.stdin
+    wanted = _wanted(flags, attach=False)
     try:
         channels, response = await _open(request, wanted=wanted)
     except ConnectionError:
@@ -318,11 +320,8 @@ def _set_size(fd: int, width: int, height: int) -> None:
 async def attach_handler(request: web.Request) -> web.StreamResponse:
     """Stream the running server's output from now on (its stdin is not attachable)."""
     ctx, worker, runner = _target(request)
-    wanted = {"error"} | ({"stdout"} if _query_bool(request, "stdout", "output") else set())
-    if not _query_bool(request, "tty"):
-        wanted |= {"stderr"} if _query_bool(request, "stderr", "error") else set()
     try:
-        channels, response = await _open(request, wanted=wanted)
+        channels, response = await _open(request, wanted=_wanted(ws.stream_flags(request.query), attach=True))
     except ConnectionError:
         return web.Response(status=400)
     inst = runner.instance

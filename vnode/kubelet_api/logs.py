@@ -15,10 +15,6 @@ from vnode.kubelet_api.context import context
 from vnode.provider.logs import LogOptions, parse_time, stream
 
 
-class BadParam(web.HTTPBadRequest):
-    pass
-
-
 def _int_param(request: web.Request, name: str, *, minimum: int) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":

@@ -19,7 +19,7 @@ from vnode.kubelet_api import rawio
 from vnode.kubelet_api import websocket as ws
 from vnode.kubelet_api.context import context
 from vnode.kubelet_api.spdy import SpdySession, SpdyStream
-from vnode.kubelet_api.upgrade import accept_spdy, offered_protocols, wants_spdy
+from vnode.kubelet_api.upgrade import accept_spdy, offered_protocols, wants_spdy, wants_websocket
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ async def portforward_handler(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(reason=f'pod "{name}" in namespace "{ns}" is not on node {ctx.node_name}')
     ports = allowed_ports(worker)
     host = str(worker.ctx.pod_ip)
-    if request.headers.get("Upgrade", "").lower() == "websocket":
+    if wants_websocket(request):
         return await _websocket(request, ports=ports, host=host, pod_ref=worker.ref)
     if not wants_spdy(request):
         raise web.HTTPBadRequest(reason="port-forward needs an upgrade: SPDY/3.1 or WebSocket")

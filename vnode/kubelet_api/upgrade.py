@@ -22,6 +22,10 @@ def wants_spdy(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == SPDY.lower()
 
 
+def wants_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
 def offered_protocols(request: web.Request) -> list[str]:
     out: list[str] = []
     for value in request.headers.getall("X-Stream-Protocol-Version", []):

@@ -245,15 +245,23 @@ class StreamOptions:
     tty: bool
 
 
+def stream_flags(query: Mapping[str, str]) -> StreamOptions:
+    """exec/attach flags as the kubelet reads them: the API server sends input/output/error=1,
+    clients that call the kubelet directly write stdin/stdout/stderr ("1" or "true"); like the
+    kubelet, tty drops stderr."""
+    def on(*names: str) -> bool:
+        return any(str(query.get(n, "")).lower() in ("1", "true") for n in names)
+
+    tty = on("tty")
+    return StreamOptions(stdin=on("stdin", "input"), stdout=on("stdout", "output"), stderr=on("stderr", "error") and not tty, tty=tty)
+
+
 def parse_stream_options(query: Mapping[str, str]) -> StreamOptions:
-    """exec/attach flags: "1" as the API server sends them (or "true", as clients that call
-    the kubelet directly write them) is true; like the kubelet, tty drops stderr."""
-    flag = {name: str(query.get(name, "")).lower() in ("1", "true") for name in ("stdin", "stdout", "stderr", "tty")}
-    if flag["tty"]:
-        flag["stderr"] = False
-    if not (flag["stdin"] or flag["stdout"] or flag["stderr"]):
+    """stream_flags, refusing a request that asks for no stream at all."""
+    opts = stream_flags(query)
+    if not (opts.stdin or opts.stdout or opts.stderr):
         raise ValueError("you must specify at least 1 of stdin, stdout, stderr")
-    return StreamOptions(**flag)
+    return opts
 
 
 def _query_values(query: Mapping[str, str], key: str) -> list[str]:

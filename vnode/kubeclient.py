@@ -25,7 +25,6 @@ import yaml
 REQUEST_TIMEOUT = 15.0
 STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 
 
 class KubeconfigError(ValueError):

@@ -49,7 +49,6 @@ class LeaseController:
         self._node = node_name
         self._duration = duration_seconds
         self.renew_interval = duration_seconds / 4
-        self.renewals = 0
         self._resource_version: str | None = None
 
     async def run(self, *, node_uid: str | None) -> None:
@@ -76,7 +75,6 @@ class LeaseController:
             if self._resource_version is None:
                 self._resource_version, created = await self._read_or_create(node_uid=node_uid, now=now)
                 if created:
-                    self.renewals += 1
                     return
             body = lease_body(
                 node_name=self._node, node_uid=node_uid, duration=self._duration, now=now,
@@ -84,7 +82,6 @@ class LeaseController:
             )
             written = await self._api.replace(f"{LEASES}/{self._node}", body)
             self._resource_version = written["metadata"]["resourceVersion"]
-            self.renewals += 1
         except BaseException:
             self._resource_version = None
             raise

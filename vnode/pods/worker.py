@@ -210,6 +210,7 @@ class ContainerRunner:
         self.instance: Instance | None = None
         self.launch: LaunchSpec | None = None
         self.prober: ContainerProber | None = None
+        self._posting: set[asyncio.Task] = set()  # download-progress Events still being posted
 
     @property
     def ctx(self) -> PodContext:
@@ -287,9 +288,13 @@ class ContainerRunner:
                 self._waiting("PullingModel", f"downloading {describe_source(launch)}: {percent}% ({done >> 20} MiB of {total >> 20} MiB)")
             if percent // 25 != last_report[1] // 25 and percent < 100:
                 last_report[1] = percent
-                asyncio.get_running_loop().create_task(
+                # A sync callback: the Event is posted from a task of its own, held by the runner
+                # until done (the loop keeps only weak references to tasks).
+                task = asyncio.get_running_loop().create_task(
                     self.w.event("Normal", "PullingModel", f"Downloading {describe_source(launch)}: {percent}%", container=self.c.name)
                 )
+                self._posting.add(task)
+                task.add_done_callback(self._posting.discard)
 
         while True:
             try:
@@ -386,10 +391,7 @@ class ContainerRunner:
         await self.w.event("Warning", "Unhealthy", f"{kind} probe failed: {detail}", container=self.c.name)
 
     def _terminated(self, inst: Instance, exit_info: ExitInfo) -> None:
-        term = {
-            "exitCode": exit_info.exit_code, "reason": exit_info.reason, "startedAt": inst.started_rfc3339(),
-            "finishedAt": exit_info.finished_at, "containerID": inst.container_id,
-        }
+        term = _termination(inst, exit_info)
         if exit_info.signal:
             term["signal"] = exit_info.signal
         if exit_info.message:
@@ -417,12 +419,17 @@ class ContainerRunner:
         if inst is None:
             return
         exit_info = await self.ctx.supervisor.stop(inst, grace=grace)
-        self.view.state = {"terminated": {
-            "exitCode": exit_info.exit_code, "reason": exit_info.reason, "startedAt": inst.started_rfc3339(),
-            "finishedAt": exit_info.finished_at, "containerID": inst.container_id,
-        }}
+        self.view.state = {"terminated": _termination(inst, exit_info)}
         self.view.ready = False
         self.view.will_restart = False
+
+
+def _termination(inst: Instance, exit_info: ExitInfo) -> dict:
+    """A terminated container state's common fields (ContainerStateTerminated)."""
+    return {
+        "exitCode": exit_info.exit_code, "reason": exit_info.reason, "startedAt": inst.started_rfc3339(),
+        "finishedAt": exit_info.finished_at, "containerID": inst.container_id,
+    }
 
 
 def describe_source(launch: LaunchSpec) -> str:

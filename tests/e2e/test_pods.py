@@ -329,6 +329,32 @@ def test_model_too_big_for_the_budget(cluster, ns, mac):
         cluster.kubectl("delete", "node", small, check=False)
 
 
+def test_exec_probe_runs_when_the_operator_allows_it(cluster, ns, mac):
+    """With --allow-exec-probes the probe's command runs (in the container's environment) and
+    drives readiness; a failing one keeps the pod unready with an Unhealthy event."""
+    node = "vnode-e2e-execprobes"
+    mac.start(*mac.args, "--allow-exec-probes", "--kubelet-port=10256", name=node)
+    wait_for(lambda: node_ready(cluster, node), timeout=60, what=f"{node} Ready")
+    try:
+        probe = {"exec": {"command": ["sh", "-c", 'test "$PROBE_MARK" = ok']}, "periodSeconds": 1}
+        good, bad = deployment("execok", port=8103, node=node, probe=probe), deployment("execbad", port=8104, node=node, probe=probe)
+        good["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "PROBE_MARK", "value": "ok"}]
+        bad["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "PROBE_MARK", "value": "no"}]
+        apply(cluster, ns, good, bad)
+        wait_for(lambda: pod_ready(cluster, ns, "execok"), timeout=180, what="Ready from an exec readiness probe")
+        events = wait_for(lambda: (out := cluster.kubectl("get", "events", "-n", ns, "--field-selector", "reason=Unhealthy",
+                                                          "-o", "jsonpath={.items[*].message}").stdout) and out,
+                          timeout=60, what="Unhealthy event of the failing exec probe")
+        assert "Readiness probe failed: command exited 1" in events
+        assert pod_ready(cluster, ns, "execbad") is None
+    finally:
+        cluster.kubectl("delete", "deployment", "execok", "execbad", "-n", ns, "--wait=false", check=False)
+        # The agent stops the servers before the pods go: wait for that, then stop the agent.
+        wait_for(lambda: not pods(cluster, ns, "execok") and not pods(cluster, ns, "execbad"), timeout=60, what="exec-probe pods gone")
+        mac.stop(mac.started[-1])
+        cluster.kubectl("delete", "node", node, check=False)
+
+
 def test_gated_model_needs_the_token_from_a_secret(cluster, ns):
     args = ["-hf", f"{GATED_REPO}:Q4_K_M", "--port", "8102", "-c", "2048"]
     apply(cluster, ns, deployment("gated", port=8102, args=args))

@@ -28,6 +28,7 @@ from vnode.kubelet_api import websocket as ws
 from vnode.kubelet_api.context import context
 from vnode.kubelet_api.spdy import SpdySession, SpdyStream
 from vnode.kubelet_api.upgrade import accept_spdy, offered_protocols, wants_spdy, wants_websocket
+from vnode.pods.env import command_env
 from vnode.provider.logs import LogOptions
 from vnode.provider.logs import stream as log_stream
 
@@ -35,9 +36,6 @@ log = logging.getLogger(__name__)
 
 SPDY_EXEC_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
 STREAM_WAIT = 30.0  # the kubelet's stream creation timeout
-BASE_ENV = ("PATH", "LANG", "LC_ALL", "TERM")
-
-
 class Channels(Protocol):
     """What exec/attach need from a transport (SPDY streams or WebSocket channels)."""
 
@@ -183,9 +181,7 @@ async def exec_handler(request: web.Request) -> web.StreamResponse:
     except ConnectionError:
         return web.Response(status=400)
     launch = runner.launch
-    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
-    env.update(launch.env)
-    env.setdefault("HOSTNAME", worker.pod["metadata"]["name"])
+    env = command_env(launch, worker.pod["metadata"]["name"])
     log.info("exec in %s/%s: %s", worker.ref, runner.c.name, command[0])
     try:
         code, message = await _run(command, cwd=launch.workdir, env=env, channels=channels, tty=tty, stdin=want_stdin)

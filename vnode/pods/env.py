@@ -8,12 +8,23 @@ container with CreateContainerConfigError, unless it is marked optional.
 from __future__ import annotations
 
 import base64
+import os
 import re
 
 from vnode.kubeclient import ApiError, KubeClient
-from vnode.provider.spec import ContainerIn
+from vnode.provider.spec import ContainerIn, LaunchSpec
 
 VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "TERM")  # from vnode's own environment, for commands to work at all
+
+
+def command_env(launch: LaunchSpec, pod_name: str) -> dict[str, str]:
+    """What a command run for a container sees (kubectl exec, exec probes): a few of vnode's
+    own variables, the container's environment, and HOSTNAME = the pod's name."""
+    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+    env.update(launch.env)
+    env.setdefault("HOSTNAME", pod_name)
+    return env
 
 
 class EnvError(Exception):

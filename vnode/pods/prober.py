@@ -10,7 +10,9 @@ them (--allow-exec-probes); grpc is not supported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -62,9 +64,29 @@ def validate_probes(container: ContainerIn, *, allow_exec: bool) -> None:
             resolve_port(probe.tcp_socket.get("port"), container)
 
 
+RunExec = Callable[[list[str], float], Awaitable[tuple[int, str]]]
+
+
+async def run_command(command: list[str], timeout: float, *, cwd: str, env: dict[str, str]) -> tuple[int, str]:
+    """One exec probe's command (only with --allow-exec-probes): exit code and output; past
+    the timeout its whole process group is killed and TimeoutError raised."""
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except BaseException:  # the timeout, or the container stopping: leave nothing running
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, 9)
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
 async def probe_once(
     probe: Probe, *, container: ContainerIn, host: str, session: aiohttp.ClientSession,
-    run_exec: Callable[[list[str], float], Awaitable[tuple[int, str]]] | None = None,
+    run_exec: RunExec | None = None,
 ) -> tuple[bool, str]:
     """(success, detail) of one probe attempt."""
     timeout = float(probe.timeout_seconds)
@@ -105,8 +127,9 @@ class ContainerProber:
     def __init__(
         self, container: ContainerIn, *, host: str, session: aiohttp.ClientSession,
         on_change: Callable[[], None], on_unhealthy: Callable[[str, str], Awaitable[None]],
+        run_exec: RunExec | None = None,
     ) -> None:
-        self.container, self.host, self.session = container, host, session
+        self.container, self.host, self.session, self._run_exec = container, host, session, run_exec
         self._on_change, self._on_unhealthy = on_change, on_unhealthy
         self.started = container.startup_probe is None
         self.ready = container.readiness_probe is None
@@ -116,7 +139,7 @@ class ContainerProber:
     async def run(self) -> None:
         c = self.container
         if c.startup_probe is not None:
-            if not await self._until(c.startup_probe, "Startup", want=True):
+            if not await self._until(c.startup_probe, "Startup"):
                 return
             self.started = True
             self._on_change()
@@ -131,9 +154,9 @@ class ContainerProber:
         await asyncio.gather(*loops)
 
     async def _attempt(self, probe: Probe) -> tuple[bool, str]:
-        return await probe_once(probe, container=self.container, host=self.host, session=self.session)
+        return await probe_once(probe, container=self.container, host=self.host, session=self.session, run_exec=self._run_exec)
 
-    async def _until(self, probe: Probe, kind: str, *, want: bool) -> bool:
+    async def _until(self, probe: Probe, kind: str) -> bool:
         """Startup: probe until success (True) or failureThreshold failures (False)."""
         await asyncio.sleep(probe.initial_delay_seconds)
         failures = 0
@@ -143,11 +166,15 @@ class ContainerProber:
                 return True
             failures += 1
             if failures >= probe.failure_threshold:
-                self.failure = f"{kind} probe failed: {detail}"
-                await self._on_unhealthy(kind, detail)
-                self.failed.set()
+                await self._give_up(kind, detail)
                 return False
             await asyncio.sleep(probe.period_seconds)
+
+    async def _give_up(self, kind: str, detail: str) -> None:
+        """Startup or liveness failed failureThreshold times: the container is restarted."""
+        self.failure = f"{kind} probe failed: {detail}"
+        await self._on_unhealthy(kind, detail)
+        self.failed.set()
 
     async def _readiness(self, probe: Probe) -> None:
         await asyncio.sleep(probe.initial_delay_seconds)
@@ -175,8 +202,6 @@ class ContainerProber:
             ok, detail = await self._attempt(probe)
             failures = 0 if ok else failures + 1
             if failures >= probe.failure_threshold:
-                self.failure = f"Liveness probe failed: {detail}"
-                await self._on_unhealthy("Liveness", detail)
-                self.failed.set()
+                await self._give_up("Liveness", detail)
                 return
             await asyncio.sleep(probe.period_seconds)

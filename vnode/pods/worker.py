@@ -10,6 +10,7 @@ user may ask about leaves a container state reason, a message and an Event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ from pydantic import ValidationError
 
 from vnode.kubeclient import ApiError, KubeClient
 from vnode.pods.admission import AdmissionError, MemoryBudget, PortRegistry
-from vnode.pods.env import EnvError, EnvResolver
+from vnode.pods.env import EnvError, EnvResolver, command_env
 from vnode.pods.events import EventRecorder
-from vnode.pods.prober import ContainerProber, ProbeSpecError, validate_probes
+from vnode.pods.prober import ContainerProber, ProbeSpecError, run_command, validate_probes
 from vnode.pods.status import ContainerView, StatusManager, now_rfc3339, pod_status
 from vnode.provider.estimate import EstimateError, estimate_in_subprocess
 from vnode.provider.models import ModelError, ModelStore
@@ -358,9 +359,12 @@ class ContainerRunner:
 
     async def _run_instance(self, inst: Instance) -> ExitInfo:
         sup = self.ctx.supervisor
+        run_exec = None
+        if self.ctx.allow_exec_probes and self.launch is not None:
+            run_exec = functools.partial(run_command, cwd=self.launch.workdir, env=command_env(self.launch, self.w.pod["metadata"]["name"]))
         prober = ContainerProber(
             self.c, host=self.ctx.pod_ip, session=self.ctx.http, on_change=self._probe_changed,
-            on_unhealthy=self._unhealthy,
+            on_unhealthy=self._unhealthy, run_exec=run_exec,
         )
         self.prober = prober
         self._probe_changed()

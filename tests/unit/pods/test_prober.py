@@ -1,0 +1,80 @@
+"""exec probes, when the operator allows them: run in the container's directory with its
+environment, bounded by timeoutSeconds, and fed to the kubelet's probe semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from pathlib import Path
+
+import pytest
+
+from vnode.pods.prober import ContainerProber, probe_once, run_command
+from vnode.provider.spec import ContainerIn, Probe
+
+pytestmark = pytest.mark.asyncio
+
+
+def _probe(command: list[str], **extra) -> Probe:
+    return Probe.model_validate({"exec": {"command": command}, "timeoutSeconds": 1, **extra})
+
+
+def _container(**probes) -> ContainerIn:
+    return ContainerIn.model_validate({"name": "server", "image": "llama.cpp", **probes})
+
+
+async def _once(probe: Probe, tmp_path: Path, env: dict[str, str] | None = None) -> tuple[bool, str]:
+    run = functools.partial(run_command, cwd=str(tmp_path), env={"PATH": "/usr/bin:/bin", **(env or {})})
+    return await probe_once(probe, container=_container(), host="127.0.0.1", session=None, run_exec=run)  # type: ignore[arg-type]
+
+
+async def test_exit_code_decides_and_runs_where_the_container_does(tmp_path: Path) -> None:
+    (tmp_path / "ready").write_text("")
+    assert await _once(_probe(["sh", "-c", 'test -f ready && test "$MODEL" = gemma']), tmp_path, {"MODEL": "gemma"}) == (True, "")
+    ok, detail = await _once(_probe(["sh", "-c", "echo not yet; exit 3"]), tmp_path)
+    assert not ok and detail == "command exited 3: not yet\n"
+
+
+async def test_a_missing_command_is_a_failed_probe(tmp_path: Path) -> None:
+    ok, detail = await _once(_probe(["no-such-command-here"]), tmp_path)
+    assert not ok and "probe failed" in detail
+
+
+async def test_timeout_kills_the_command_group(tmp_path: Path) -> None:
+    started = time.monotonic()
+    ok, detail = await _once(_probe(["sh", "-c", "sleep 30 & sleep 30; echo never"]), tmp_path)
+    assert not ok and detail == "probe timed out after 1s"
+    assert time.monotonic() - started < 5
+    proc = await asyncio.create_subprocess_exec("pgrep", "-f", "sleep 30 & sleep 30", stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert out == b"", "the probe's process group is gone"
+
+
+async def test_without_the_operators_consent_an_exec_probe_never_runs(tmp_path: Path) -> None:
+    ok, detail = await probe_once(_probe(["touch", str(tmp_path / "ran")]), container=_container(), host="127.0.0.1",
+                                  session=None)  # type: ignore[arg-type]
+    assert (ok, detail) == (False, "unsupported probe") and not (tmp_path / "ran").exists()
+
+
+async def test_readiness_from_an_exec_probe(tmp_path: Path) -> None:
+    changes: list[bool] = []
+
+    async def unhealthy(kind: str, detail: str) -> None:
+        pass
+
+    container = _container(readinessProbe={"exec": {"command": ["test", "-f", "ready"]}, "periodSeconds": 1, "timeoutSeconds": 1})
+    prober = ContainerProber(container, host="127.0.0.1", session=None, on_change=lambda: changes.append(prober.ready),  # type: ignore[arg-type]
+                             on_unhealthy=unhealthy, run_exec=functools.partial(run_command, cwd=str(tmp_path), env={"PATH": "/usr/bin:/bin"}))
+    task = asyncio.create_task(prober.run())
+    try:
+        await asyncio.sleep(0.3)
+        assert not prober.ready
+        (tmp_path / "ready").write_text("")
+        for _ in range(30):
+            if prober.ready:
+                break
+            await asyncio.sleep(0.1)
+        assert prober.ready and changes == [True]
+    finally:
+        task.cancel()

@@ -10,14 +10,13 @@ them (--allow-exec-probes); grpc is not supported.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from vnode.provider.spec import ContainerIn, Probe
+from vnode.provider.subproc import communicate
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +73,7 @@ async def run_command(command: list[str], timeout: float, *, cwd: str, env: dict
         *command, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True,
     )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException:  # the timeout, or the container stopping: leave nothing running
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, 9)
-        await proc.wait()
-        raise
+    out, _ = await communicate(proc, timeout, group=True)  # the timeout or the container stopping: nothing left running
     return proc.returncode or 0, out.decode(errors="replace")
 
 

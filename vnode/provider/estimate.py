@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
+from vnode.provider.subproc import communicate, python_child_env
+
 if TYPE_CHECKING:  # the gguf package (and numpy) stay out of the long-running agent
     from gguf import GGUFReader
 
@@ -614,24 +616,15 @@ async def estimate_in_subprocess(
         if cached is not None:
             return cached
 
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[2])  # so the child finds vnode even when not installed
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     proc = await asyncio.create_subprocess_exec(
         python, "-m", "vnode.provider.estimate", *_cli_args(path, resolved),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=python_child_env(dict(os.environ)),
     )
     try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
+        stdout, stderr = await communicate(proc, timeout)
+    except TimeoutError:
         raise EstimateError("Timeout", f"reading the header of {path.name} took longer than {timeout:.0f}s") from None
-    except asyncio.CancelledError:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
 
     try:
         result = json.loads(stdout.decode() or "null")

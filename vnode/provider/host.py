@@ -23,6 +23,8 @@ from typing import Protocol, TypeVar
 import psutil
 from pydantic import BaseModel, ConfigDict
 
+from vnode.provider.subproc import communicate
+
 __all__ = [
     "GiB",
     "Host",
@@ -322,10 +324,8 @@ async def _run(*argv: str, timeout: float = COMMAND_TIMEOUT_S) -> tuple[int, str
     except OSError as exc:
         raise HostCommandError(f"cannot run {argv[0]}: {exc}") from exc
     try:
-        stdout, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        stdout, _ = await communicate(proc, timeout)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
         raise HostCommandError(f"{' '.join(argv)} timed out after {timeout:.0f}s") from None
     return proc.returncode or 0, stdout.decode(errors="replace")
 

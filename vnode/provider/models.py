@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import vnode
 from vnode.provider import fetch as _fetch
 from vnode.provider.spec import ModelSource
+from vnode.provider.subproc import python_child_env
 
 __all__ = ["GGUF_MAGIC", "ModelError", "ModelStore", "ProgressCallback"]
 
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 ProgressCallback = Callable[[int, int], None]
-_PACKAGE_ROOT = str(Path(vnode.__file__).resolve().parent.parent)
 _CHILD_ENV_DROP = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", _fetch.TOKEN_ENV, "HF_HUB_OFFLINE")
 
 
@@ -175,8 +174,7 @@ class ModelStore:
         return dl
 
     def _child_env(self, token: str | None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        env = python_child_env({k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP})
         env["HF_HUB_DISABLE_TELEMETRY"] = "1"
         env["HF_HUB_DISABLE_XET"] = "1"
         if self.endpoint:

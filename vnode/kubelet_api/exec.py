@@ -31,6 +31,7 @@ from vnode.kubelet_api.upgrade import accept_spdy, offered_protocols, wants_spdy
 from vnode.pods.env import command_env
 from vnode.provider.logs import LogOptions
 from vnode.provider.logs import stream as log_stream
+from vnode.provider.subproc import kill
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,7 @@ async def _run(command: list[str], *, cwd: str, env: dict[str, str], channels: C
         try:
             await asyncio.gather(copy(proc.stdout, channels.write_stdout), copy(proc.stderr, channels.write_stderr))
         except asyncio.CancelledError:
-            _kill(proc)
+            kill(proc, group=True)
             raise
         code = await _wait_or_kill(proc)
         if feeder:
@@ -295,17 +296,12 @@ async def _run(command: list[str], *, cwd: str, env: dict[str, str], channels: C
     return code, ""
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, 9)
-
-
 async def _wait_or_kill(proc: asyncio.subprocess.Process) -> int:
     """The exit code; if the session is cancelled first, the command's process group dies."""
     try:
         return await proc.wait()
     except asyncio.CancelledError:
-        _kill(proc)
+        kill(proc, group=True)
         raise
 
 

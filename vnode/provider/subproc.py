@@ -22,13 +22,18 @@ async def communicate(proc: asyncio.subprocess.Process, timeout: float, *, group
     try:
         return await asyncio.wait_for(proc.communicate(), timeout)
     except BaseException:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if group:
-                os.killpg(proc.pid, signal.SIGKILL)
-            elif proc.returncode is None:
-                proc.kill()
+        kill(proc, group=group)
         await proc.wait()
         raise
+
+
+def kill(proc: asyncio.subprocess.Process, *, group: bool = False) -> None:
+    """SIGKILL the process, or its whole process group (it was started in a session of its own)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        elif proc.returncode is None:
+            proc.kill()
 
 
 def python_child_env(env: dict[str, str]) -> dict[str, str]:

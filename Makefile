@@ -6,13 +6,23 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: demo test unit e2e bench fuzz binaries down clean
+.PHONY: demo test unit e2e bench fuzz binaries system-deps down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,demo]'
 	touch $@
+
+# Debian's qemu-user runs the built llama-server under emulated older CPUs
+# (tests/e2e/test_portable_binary.py); installed here when missing and we are root.
+QEMU = qemu-$(shell uname -m)
+system-deps:
+	@command -v $(QEMU) >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing qemu-user (for the portability test)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null; \
+	  else echo "the tests need $(QEMU): apt-get install qemu-user"; exit 1; fi; }
 
 binaries: $(VENV)/.installed
 	$(PY) -m vnode cluster build
@@ -21,14 +31,14 @@ demo: binaries
 	$(PY) -m vnode demo
 
 # pytest exits 5 when it collected no test: that must fail, not pass silently.
-test: binaries
+test: binaries system-deps
 	$(PY) -m pytest -ra tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit
 
-e2e: binaries
+e2e: binaries system-deps
 	$(PY) -m pytest -ra tests/e2e
 
 bench: binaries

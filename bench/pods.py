@@ -118,9 +118,18 @@ def measured_completion(host: str, port: int, pids: dict[str, int]) -> dict:
     return out
 
 
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.machine())
+
+
 def machine() -> dict:
     """What the result files record of the machine the numbers came from."""
-    return {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()}
+    return {"cpu_model": cpu_model(), "arch": platform.machine(), "cpus": psutil.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()}
 
 
 def percentile(values: list[float], q: float) -> float:

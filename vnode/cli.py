@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     sub.add_parser("version", help="print the version")
-    sub.add_parser("doctor", help="show what vnode sees on this machine")
+    doctor = sub.add_parser("doctor", help="show what vnode sees on this machine and check that llama-server runs here")
+    doctor.add_argument("--llama-server", type=Path, default=None, help="the server binary to check (default: as `vnode run` finds it)")
     demo = sub.add_parser("demo", help="start a local cluster, join this machine as a node, show it")
     demo.add_argument("--dir", type=Path, default=DEFAULT_CLUSTER_DIR, help="cluster directory")
     cluster = sub.add_parser("cluster", help="a local control plane built from source (no Docker)")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         from vnode.doctor import doctor
 
-        return doctor()
+        return doctor(args.llama_server)
     if args.command == "demo":
         from vnode.demo import demo
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import urllib.error
@@ -24,6 +25,7 @@ from vnode.cluster.build import BuildError, ensure_llama_server
 from vnode.cluster.local import ClusterError, LocalCluster
 from vnode.cluster.netns import NetnsUnavailable
 from vnode.cluster.processes import Proc
+from vnode.provider.exits import describe_exit
 
 NODE = "mac"
 APP = "gemma"
@@ -92,6 +94,62 @@ def _chat(address: str, port: int) -> dict:
         return json.loads(resp.read())
 
 
+CRASH_LOOP_GIVE_UP = 3  # restarts after which waiting longer cannot help
+
+
+def _demo_pods(cluster: LocalCluster) -> list[dict]:
+    out = cluster.kubectl("get", "pods", "-l", f"app={APP}", "-o", "json", check=False)
+    return json.loads(out.stdout)["items"] if out.returncode == 0 else []
+
+
+def _hopeless(cluster: LocalCluster) -> bool:
+    """The pod failed for good or keeps crashing: say why now rather than after 300 s."""
+    for pod in _demo_pods(cluster):
+        if pod.get("status", {}).get("phase") == "Failed":
+            return True
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            if cs.get("restartCount", 0) >= CRASH_LOOP_GIVE_UP:
+                return True
+    return False
+
+
+def explain_pods(cluster: LocalCluster) -> str:
+    """For each demo pod: phase, the container's reason, its last exit and its last log
+    lines — what a user would otherwise dig out of describe and logs --previous."""
+    lines: list[str] = []
+    for pod in _demo_pods(cluster):
+        name, status = pod["metadata"]["name"], pod.get("status", {})
+        lines.append(f"pod {name}: phase {status.get('phase')}" + (f" ({status['reason']}: {status.get('message', '')})"
+                                                                 if status.get("reason") else ""))
+        for cond in status.get("conditions") or []:
+            if cond.get("status") != "True" and cond.get("message"):
+                lines.append(f"  {cond['type']}: {cond.get('reason', '')} {cond['message']}")
+        for cs in status.get("containerStatuses") or []:
+            waiting = cs.get("state", {}).get("waiting")
+            if waiting:
+                lines.append(f"  container {cs['name']}: waiting, {waiting.get('reason')}: {waiting.get('message', '')}".rstrip(": "))
+            last = cs.get("lastState", {}).get("terminated") or cs.get("state", {}).get("terminated")
+            if last:
+                code, sig = last.get("exitCode"), last.get("signal")
+                killed = f", {describe_exit(code, sig)}" if sig else ""
+                lines.append(f"  last exit: code {code}{killed}; reason {last.get('reason')}; restarts {cs.get('restartCount', 0)}")
+                if last.get("message"):
+                    lines.append(f"  message: {last['message']}")
+                if sig == signal.SIGILL:
+                    lines.append("  hint: `vnode doctor` checks whether the server binary runs on this CPU")
+            previous = ["--previous"] if cs.get("restartCount", 0) and last else []
+            logs = cluster.kubectl("logs", name, "-c", cs["name"], "--tail=15", *previous, check=False)
+            if logs.returncode == 0 and logs.stdout.strip():
+                lines.append(f"  last log lines{' of the previous run' if previous else ''}:")
+                lines += [f"    {line}" for line in logs.stdout.rstrip().splitlines()]
+        events = cluster.kubectl("get", "events", "--field-selector", f"involvedObject.name={name},type=Warning",
+                                 "-o", "custom-columns=REASON:.reason,MESSAGE:.message", "--no-headers", check=False)
+        if events.returncode == 0 and events.stdout.strip():
+            lines.append("  warning events:")
+            lines += [f"    {line}" for line in events.stdout.rstrip().splitlines()[-8:]]
+    return "\n".join(lines) if lines else f"no pod with label app={APP} exists"
+
+
 def _ready(cluster: LocalCluster) -> dict | None:
     proc = cluster.kubectl("get", "node", NODE, "-o", "json", check=False)
     if proc.returncode != 0:
@@ -148,10 +206,13 @@ def demo(directory: Path) -> int:
     while time.monotonic() < deadline and endpoint is None:
         endpoint = _endpoint(cluster)
         if endpoint is None:
+            if _hopeless(cluster):
+                break
             time.sleep(0.5)
     if endpoint is None:
-        print(cluster.kubectl("describe", "pods", "-l", f"app={APP}", check=False).stdout, file=sys.stderr)
-        print(f"vnode demo: {APP} did not become Ready within 300s", file=sys.stderr)
+        waited = 300 - max(deadline - time.monotonic(), 0)
+        print(f"vnode demo: {APP} did not become Ready (waited {waited:.0f}s)", file=sys.stderr)
+        print(explain_pods(cluster), file=sys.stderr)
         return 1
     print(cluster.kubectl("get", "pods", "-o", "wide", "-l", f"app={APP}").stdout)
     address, port = endpoint

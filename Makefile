@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: demo test unit e2e bench fuzz binaries system-deps down clean
+.PHONY: demo test unit e2e bench bench-cold fuzz binaries system-deps down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench: binaries
 	$(PY) bench/pods.py
 	$(PY) bench/kubelet_api.py
 	$(PY) bench/portforward.py
+
+# The first `make demo` on empty caches, each step timed (30-60 minutes).
+bench-cold: $(VENV)/.installed
+	$(PY) bench/coldstart.py
 
 # The SPDY frame parser and the WebSocket channel decoder, mutation-fuzzed for
 # FUZZ_SECONDS each (CI runs their bounded property tests only).

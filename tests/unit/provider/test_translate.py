@@ -4,7 +4,6 @@ Table-driven over the Pod contract; one test cross-checks the flag table against
 llama-server's --help when that binary is on this machine.
 """
 
-import glob
 import os
 import re
 import subprocess
@@ -519,9 +518,9 @@ def test_workdir_stays_in_sandbox(dirs, working_dir, rel):
 
 
 def _real_server() -> str | None:
-    cache = os.environ.get("VNODE_CACHE_DIR") or os.path.expanduser("~/.cache/vnode")
-    found = [os.environ.get("VNODE_TEST_LLAMA_SERVER", "")] + sorted(
-        glob.glob(os.path.join(cache, "bin", "llama-server-*", "llama-server")), reverse=True)
+    from vnode.cluster.build import cached_llama_server
+
+    found = [os.environ.get("VNODE_TEST_LLAMA_SERVER", ""), str(cached_llama_server() or "")]
     return next((p for p in found if p and os.access(p, os.X_OK)), None)
 
 

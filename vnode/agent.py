@@ -184,6 +184,7 @@ async def run_agent(settings: Settings) -> int:
     metrics = registry(models=models, pods=pods, serving=serving)
     api_ctx = ApiContext(node_name=settings.node_name, pods=pods, supervisor=ctx.supervisor, log_dir=settings.log_dir,
                          config=public_config(settings), ready=readiness_problems, metrics=metrics,
+                         running=pods.running_instances,
                          exec_enabled=settings.enable_exec)
 
     async def kubelet_api() -> None:

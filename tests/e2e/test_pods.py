@@ -251,6 +251,25 @@ def test_a_signal_death_is_named_in_describe(cluster, ns):
     assert "Exit Code:    132" in described, described
 
 
+def test_resource_metrics_through_the_api_server(cluster, ns):
+    """What metrics-server scrapes, through the API server's node proxy: the serving pod's
+    CPU and working set from its real process, memory within 10 % of the server's RSS."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    apply(cluster, ns, deployment("metered", port=8089))
+    pod = wait_for(lambda: pod_ready(cluster, ns, "metered"), timeout=240, what="Ready")
+    complete(f"http://{cluster.state.host.ns_ip}:8089")
+    text = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/metrics/resource").stdout
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    mine = {"container": "server", "pod": pod["metadata"]["name"], "namespace": ns}
+    cpu = next(s.value for s in families["container_cpu_usage_seconds"].samples if s.labels == mine)
+    mem = next(s.value for s in families["container_memory_working_set_bytes"].samples if s.labels == mine)
+    rss = psutil.Process(server_pid(8089)).memory_info().rss
+    assert cpu > 0 and abs(mem - rss) <= 0.10 * rss, (cpu, mem, rss)
+    assert families["node_cpu_usage_seconds"].samples[0].value > 0
+    assert families["resource_scrape_error"].samples[0].value == 0
+
+
 def test_delete_stops_the_process_and_frees_the_port(cluster, ns):
     apply(cluster, ns, deployment("brief", port=8094))
     wait_for(lambda: pod_ready(cluster, ns, "brief"), timeout=240, what="Ready")

@@ -22,6 +22,7 @@ class ApiContext:
     ready: Any = None  # callable -> list of problems (empty when healthy)
     metrics: Any = None  # prometheus CollectorRegistry served on /metrics
     exec_enabled: bool = True
+    running: Any = None  # callable -> list[Instance]: the container instances running now
 
     def find_pod(self, namespace: str, name: str):
         for worker in list(self.pods.workers.values()):

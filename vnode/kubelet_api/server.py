@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from vnode.kubelet_api import exec as exec_api
-from vnode.kubelet_api import health, logs, metrics, pods, portforward
+from vnode.kubelet_api import health, logs, metrics, pods, portforward, resource_metrics
 from vnode.kubelet_api.auth import Authenticator, Authorizer, User, user_from_certificate
 from vnode.kubelet_api.context import CTX_KEY, ApiContext
 
@@ -100,6 +100,7 @@ def build_app(ctx: ApiContext, *, authn: Authenticator, authz: Authorizer, anony
     pods.add_routes(app)
     logs.add_routes(app)
     metrics.add_routes(app)
+    resource_metrics.add_routes(app)
     exec_api.add_routes(app)
     portforward.add_routes(app)
     return app

@@ -88,6 +88,17 @@ class PodController:
                 continue
             self.dispatch(pod)
 
+    def running_instances(self) -> list[Instance]:
+        """The container instances running now, one per container: what the kubelet API's
+        stats read (the narrow view; no worker internals leave this layer)."""
+        found = []
+        for worker in list(self.workers.values()):
+            for runner in worker.runners.values():
+                inst = runner.instance
+                if inst is not None and self.ctx.supervisor.alive(inst):
+                    found.append(inst)
+        return found
+
     def dispatch(self, pod: dict) -> None:
         uid = pod["metadata"]["uid"]
         worker = self.workers.get(uid)

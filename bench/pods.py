@@ -56,6 +56,7 @@ from vnode.cluster.processes import Proc  # noqa: E402
 from vnode.cluster.processes import start as start_process  # noqa: E402
 from vnode.cluster.processes import stop as stop_process  # noqa: E402
 from vnode.provider.estimate import estimate_file, sidecar_path  # noqa: E402
+from vnode.provider.host import parse_cpuinfo_model  # noqa: E402
 from vnode.provider.translate import AUTO_PARALLEL  # noqa: E402
 
 NODE = "bench-pods"
@@ -122,8 +123,8 @@ def cpu_model() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.machine())
+        text = ""
+    return parse_cpuinfo_model(text) or platform.processor() or platform.machine()
 
 
 def machine() -> dict:

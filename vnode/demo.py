@@ -25,7 +25,7 @@ from vnode.cluster.build import BuildError, ensure_llama_server
 from vnode.cluster.local import ClusterError, LocalCluster
 from vnode.cluster.netns import NetnsUnavailable
 from vnode.cluster.processes import Proc
-from vnode.provider.exits import describe_exit
+from vnode.provider.exits import describe_exit, describe_signal
 
 NODE = "mac"
 APP = "gemma"
@@ -133,8 +133,8 @@ def explain_pods(cluster: LocalCluster) -> str:
                 code, sig = last.get("exitCode"), last.get("signal")
                 killed = f", {describe_exit(code, sig)}" if sig else ""
                 lines.append(f"  last exit: code {code}{killed}; reason {last.get('reason')}; restarts {cs.get('restartCount', 0)}")
-                if last.get("message"):
-                    lines.append(f"  message: {last['message']}")
+                if last.get("message") and not (sig and last["message"] == describe_signal(sig)):
+                    lines.append(f"  message: {last['message']}")  # the signal's cause is already in the line above
                 if sig == signal.SIGILL:
                     lines.append("  hint: `vnode doctor` checks whether the server binary runs on this CPU")
             previous = ["--previous"] if cs.get("restartCount", 0) and last else []

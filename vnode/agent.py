@@ -178,6 +178,7 @@ async def run_agent(settings: Settings) -> int:
         http=http,
         model_store=settings.model_store,
         allow_exec_probes=settings.allow_exec_probes,
+        drain_quiet_seconds=settings.drain_quiet_seconds,
     )
     pods = PodController(ctx)
     serving = certs.ServingState()

@@ -33,7 +33,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     for name in ("kubeconfig", "node_name", "host_ip", "kubelet_port", "memory_fraction", "max_pods", "state_dir",
                  "lease_duration_seconds", "node_status_update_seconds", "node_status_report_seconds",
                  "llama_server", "hf_endpoint", "tls_cert_file", "tls_private_key_file", "client_ca_file",
-                 "log_dir", "log_format", "log_level"):
+                 "log_dir", "log_format", "log_level", "drain_quiet_seconds"):
         run.add_argument(flag_name(name), dest=name, default=None, help=fields[name].description)
     run.add_argument("--label", dest="labels", action="append", type=_label, default=None, metavar="KEY=VALUE",
                      help=fields["labels"].description)
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dir", type=Path, default=DEFAULT_CLUSTER_DIR, help="cluster directory")
         if action == "up":
             p.add_argument("--node-name", default="mac", help="name of the node the cluster expects")
+            p.add_argument("--metrics-server", action=argparse.BooleanOptionalAction, default=True,
+                           help="run metrics-server, so `kubectl top` and HPAs work (default: on)")
     return parser
 
 
@@ -142,7 +144,7 @@ def _cluster(args: argparse.Namespace) -> int:
         print(json.dumps({"running": cluster.running(), "server": state.server, "kubeconfig": state.admin_kubeconfig,
                           "node": state.node_name, "node_ip": state.host.ns_ip, "netns": state.host.name}, indent=2))
         return 0 if cluster.running() else 1
-    cluster = LocalCluster(args.dir, node_name=getattr(args, "node_name", "mac"))
+    cluster = LocalCluster(args.dir, node_name=getattr(args, "node_name", "mac"), metrics=getattr(args, "metrics_server", True))
     if args.cluster_command == "down":
         cluster.down()
         print(f"cluster in {args.dir} stopped")
@@ -155,6 +157,8 @@ def _cluster(args: argparse.Namespace) -> int:
     print(f"cluster up: API server {state.server}")
     print(f"admin kubeconfig: {state.admin_kubeconfig}")
     print(f"node {state.node_name}: kubeconfig {state.node_kubeconfig()}, InternalIP {state.host.ns_ip} in netns {state.host.name}")
+    if cluster.metrics:
+        print("metrics-server: APIService v1beta1.metrics.k8s.io Available (kubectl top node, HPAs)")
     print(f"join it:  {' '.join(cluster.agent_command())}")
     print(f"kubectl:  {state.kubectl} --kubeconfig {state.admin_kubeconfig} get nodes")
     return 0

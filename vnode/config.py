@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     hf_endpoint: str | None = Field(default=None, description="Hugging Face endpoint for model downloads (default: HF_ENDPOINT or the hub)")
     offline: bool = Field(default=False, description="never download: serve models only from the store")
     allow_exec_probes: bool = Field(default=False, description="allow exec probes (they run commands on this machine)")
+    drain_quiet_seconds: float = Field(
+        default=2.0, ge=0, le=60,
+        description="a terminating pod's server must be idle this long before SIGTERM, within the grace period (0: signal at once, as the kubelet)",
+    )
     tls_cert_file: Path | None = Field(default=None, description="kubelet API serving certificate (PEM)")
     tls_private_key_file: Path | None = Field(default=None, description="key of the serving certificate (PEM)")
     bootstrap_serving_cert: bool = Field(default=False, description="request the serving certificate with a kubelet-serving CSR (an admin approves it)")

@@ -89,22 +89,27 @@ class Agents:
         state = self.cluster.state
         assert state is not None
         pki_dir = Path(state.directory) / "pki"
-        client, _ = pki.node_credentials(pki_dir, node_name=name, node_ip=state.host.ns_ip, **validity)
+        client, _ = pki.node_credentials(pki_dir, node_name=name, node_ip=state.host_for(name).ns_ip, **validity)
         return write_kubeconfig(
             state.node_kubeconfig(name), server=state.server, ca=pki_dir / "ca.crt", cert=client.cert, key=client.key,
             user=f"system:node:{name}",
         )
 
-    def start(self, *extra: str, name: str = NODE, env: dict[str, str] | None = None, serving_cert: bool = True) -> Proc:
-        """`vnode run` for node `name`. All test nodes share one network namespace, so each
-        name gets its own kubelet port (NODE keeps 10250) unless the test picks one."""
+    def start(self, *extra: str, name: str = NODE, env: dict[str, str] | None = None, serving_cert: bool = True,
+              own_host: bool = False) -> Proc:
+        """`vnode run` for node `name`. Test nodes share one network namespace, so each name
+        gets its own kubelet port (NODE keeps 10250) unless the test picks one; with
+        `own_host` the node is a Mac of its own (namespace, InternalIP) on port 10250."""
         state = self.cluster.state
         assert state is not None
+        if own_host:
+            self.cluster.add_host(name)
+            _PORTS.setdefault(name, 10250)
         if not state.node_kubeconfig(name).exists():
             self.credentials(name)
         pki_dir = Path(state.directory) / "pki"
         if serving_cert and not (pki_dir / f"node-{name}-serving.crt").exists():
-            pki.node_credentials(pki_dir, node_name=name, node_ip=state.host.ns_ip)
+            pki.node_credentials(pki_dir, node_name=name, node_ip=state.host_for(name).ns_ip)
         if not any(arg.startswith("--kubelet-port") for arg in extra):
             extra = (*extra, f"--kubelet-port={kubelet_port(name)}")
         proc = self.cluster.start_agent(*extra, node_name=name, env=env, serving_cert=serving_cert)

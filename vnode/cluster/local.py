@@ -19,13 +19,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from vnode.cluster import metrics_server, pki, processes
 from vnode.cluster import netns as netns_mod
-from vnode.cluster import pki, processes
 from vnode.cluster.build import Binaries, ensure_control_plane
 from vnode.cluster.processes import Proc
 
@@ -72,6 +72,7 @@ class ClusterState:
     node_name: str
     kubectl: str
     admin_kubeconfig: str
+    hosts: dict[str, dict] = field(default_factory=dict)  # node name -> its own "Mac" (netns), beyond the first
 
     def save(self) -> None:
         Path(self.directory, "state.json").write_text(json.dumps(self.__dict__, indent=2))
@@ -87,6 +88,11 @@ class ClusterState:
     def host(self) -> netns_mod.HostNetns:
         return netns_mod.HostNetns(**self.netns)
 
+    def host_for(self, node_name: str | None) -> netns_mod.HostNetns:
+        """The "Mac" a node runs on: its own namespace if it was given one, else the first."""
+        extra = self.hosts.get(node_name or self.node_name)
+        return netns_mod.HostNetns(**extra) if extra else self.host
+
     def node_kubeconfig(self, node_name: str | None = None) -> Path:
         return Path(self.directory, "kubeconfig", f"node-{node_name or self.node_name}.yaml")
 
@@ -94,9 +100,10 @@ class ClusterState:
 class LocalCluster:
     """Start, use and stop one local control plane rooted at `directory`."""
 
-    def __init__(self, directory: Path, *, node_name: str = "mac") -> None:
+    def __init__(self, directory: Path, *, node_name: str = "mac", metrics: bool = True) -> None:
         self.dir = directory.resolve()
         self.node_name = node_name
+        self.metrics = metrics
         self.state: ClusterState | None = ClusterState.load(self.dir)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -142,6 +149,8 @@ class LocalCluster:
             except (OSError, ValueError, KeyError):
                 continue
             processes.stop(server)
+        for extra in state.hosts.values():
+            netns_mod.destroy(netns_mod.HostNetns(**extra))
         netns_mod.destroy(state.host)
         state.procs = []
         state.save()
@@ -219,7 +228,45 @@ class LocalCluster:
             "--leader-elect=false", "--profiling=false", "--v=1",
         ], logs)
         self._wait_for_defaults(bins, admin, timeout=timeout)
+        if self.metrics:
+            self._start_metrics_server(bins, host, certs, logs, timeout=timeout)
         self.state.save()
+
+    def _start_metrics_server(self, bins: Binaries, host: netns_mod.HostNetns, certs: pki.ClusterPKI, logs: Path, *, timeout: float) -> None:
+        """metrics-server as its release manifest sets it up; the APIService is registered
+        only once the process runs, so discovery is never pointed at nothing."""
+        assert self.state is not None
+        port = free_port(host.root_ip)
+        objects = metrics_server.manifests(endpoint_ip=host.root_ip, port=port, ca_bundle=certs.ca.cert.read_bytes())
+        apiservice = [o for o in objects if o["kind"] == "APIService"]
+        metrics_server.apply(self.kubectl, [o for o in objects if o["kind"] != "APIService"])
+        token = metrics_server.wait_token(self.kubectl, timeout=timeout)
+        kubeconfig = metrics_server.token_kubeconfig(self.dir / "kubeconfig" / "metrics-server.yaml", server=self.state.server,
+                                                     ca=certs.ca.cert, token=token)
+        proc = self._spawn("metrics-server", metrics_server.command(
+            bins.metrics_server, kubeconfig=kubeconfig, bind=host.root_ip, port=port,
+            cert=certs.metrics_server.cert, key=certs.metrics_server.key, ca=certs.ca.cert,
+        ), logs)
+        metrics_server.apply(self.kubectl, apiservice)
+        try:
+            metrics_server.wait_available(self.kubectl, proc, timeout=timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            raise ClusterError(str(exc)) from None
+
+    def add_host(self, node_name: str) -> netns_mod.HostNetns:
+        """Give node `node_name` a "Mac" of its own (namespace, InternalIP, credentials), so
+        several nodes can serve the same port as separate Macs do."""
+        assert self.state is not None, "cluster is not up"
+        if node_name in self.state.hosts:
+            return self.state.host_for(node_name)
+        host = netns_mod.create(f"{self.state.tag}{len(self.state.hosts) + 1:x}")
+        self.state.hosts[node_name] = host.to_dict()
+        self.state.save()
+        pki_dir = self.dir / "pki"
+        client, _ = pki.node_credentials(pki_dir, node_name=node_name, node_ip=host.ns_ip)
+        write_kubeconfig(self.state.node_kubeconfig(node_name), server=self.state.server, ca=pki_dir / "ca.crt",
+                         cert=client.cert, key=client.key, user=f"system:node:{node_name}")
+        return host
 
     def _spawn(self, name: str, cmd: list[str], logs: Path) -> Proc:
         assert self.state is not None
@@ -284,11 +331,12 @@ class LocalCluster:
         """The command line of `vnode run` for this cluster's node, inside the node's namespace."""
         assert self.state is not None
         name = node_name or self.state.node_name
+        host = self.state.host_for(name)
         pki_dir = self.dir / "pki"
         return [
-            *self.state.host.exec_prefix(), sys.executable, "-m", "vnode", "run",
+            *host.exec_prefix(), sys.executable, "-m", "vnode", "run",
             f"--kubeconfig={self.state.node_kubeconfig(name)}", f"--node-name={name}",
-            f"--host-ip={self.state.host.ns_ip}", f"--state-dir={self.dir / 'agents' / name}",
+            f"--host-ip={host.ns_ip}", f"--state-dir={self.dir / 'agents' / name}",
             f"--log-dir={self.dir / 'agents' / name / 'logs'}",
             *([f"--tls-cert-file={pki_dir / f'node-{name}-serving.crt'}", f"--tls-private-key-file={pki_dir / f'node-{name}-serving.key'}"]
               if serving_cert else []),

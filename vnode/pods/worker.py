@@ -20,6 +20,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from vnode.kubeclient import ApiError, KubeClient
+from vnode.pods import drain
 from vnode.pods.admission import AdmissionError, MemoryBudget, PortRegistry
 from vnode.pods.env import EnvError, EnvResolver, command_env
 from vnode.pods.events import EventRecorder
@@ -59,6 +60,7 @@ class PodContext:
     http: aiohttp.ClientSession
     model_store: Path
     allow_exec_probes: bool = False
+    drain_quiet_seconds: float = 2.0  # idle time a terminating server needs before SIGTERM (drain.py)
 
 
 class ContainerFailed(Exception):
@@ -417,10 +419,28 @@ class ContainerRunner:
         inst = self.instance or (self.adopted if self.adopted and self.ctx.supervisor.alive(self.adopted) else None)
         if inst is None:
             return
-        exit_info = await self.ctx.supervisor.stop(inst, grace=grace)
+        grace -= await self._drain(inst, grace=grace)
+        exit_info = await self.ctx.supervisor.stop(inst, grace=max(grace, 0.0))
         self.view.state = {"terminated": _termination(inst, exit_info)}
         self.view.ready = False
         self.view.will_restart = False
+
+    async def _drain(self, inst: Instance, *, grace: float) -> float:
+        """Leave the endpoints, then let the server finish what it is serving (drain.py);
+        returns the seconds of the grace period spent."""
+        budget = drain.drain_budget(grace, self.ctx.drain_quiet_seconds)
+        if budget <= 0 or not self.ctx.supervisor.alive(inst):
+            return 0.0
+        self.view.ready = False
+        self.w.publish()
+        result = await drain.wait_idle(self.ctx.http, base=f"http://{inst.host}:{inst.port}",
+                                       quiet=self.ctx.drain_quiet_seconds, budget=budget)
+        if not result.idle:
+            await self.w.event("Warning", "DrainTimeout", f"Stopping the server with requests in flight: {result.detail}",
+                               container=self.c.name)
+        log.info("container %s/%s drained in %.1fs%s", self.w.ref, self.c.name, result.waited,
+                 f" ({result.detail})" if result.detail else "")
+        return result.waited
 
 
 def _termination(inst: Instance, exit_info: ExitInfo) -> dict:

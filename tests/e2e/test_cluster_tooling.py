@@ -1,0 +1,256 @@
+"""Standard cluster tooling on Mac nodes: `kubectl top` through the real metrics-server,
+an HPA that scales a model across two Macs, and a PodDisruptionBudget that `kubectl
+drain` honours while a client following the EndpointSlice sees no failed request.
+
+Each Mac is a node of its own in its own network namespace (its own InternalIP), so
+replicas with the same hostPort spread across them as on real Macs.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from vnode.cluster.build import ensure_llama_server
+
+from .conftest import Agents, node_ready, wait_for
+from .test_pods import REPO, apply, complete, deployment, gemma, hub, pod_ready, pods  # noqa: F401 - fixtures
+
+MACS = ("vnode-mac-a", "vnode-mac-b")
+
+
+@pytest.fixture(scope="module")
+def macs(cluster, hub):
+    agents = Agents(cluster)
+    for name in MACS:
+        agents.start(f"--hf-endpoint={hub}", f"--llama-server={ensure_llama_server()}", name=name, own_host=True)
+    for name in MACS:
+        wait_for(lambda n=name: node_ready(cluster, n), timeout=60, what=f"{name} Ready")
+    yield agents
+    agents.stop_all()
+    for name in MACS:
+        cluster.kubectl("delete", "node", name, check=False)
+
+
+@pytest.fixture
+def ns(cluster, macs, request):
+    name = f"tooling-{request.node.name.split('_')[1]}-{abs(hash(request.node.name)) % 10000}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    for mac in MACS:
+        cluster.kubectl("uncordon", mac, check=False)
+
+
+def spread(name: str, *, port: int, replicas: int = 1, cpu: str | None = None, grace: int | None = None) -> dict:
+    """A Gemma Deployment that may run on either Mac (one replica per Mac: hostPort).
+
+    Both "Macs" share this machine's cores: one thread per server keeps two busy servers
+    from spinning against each other (ggml's threads busy-wait), as separate Macs would."""
+    dep = deployment(name, port=port, replicas=replicas,
+                     args=["-hf", f"{REPO}:Q4_K_M", "--port", str(port), "-c", "2048", "-t", "1"])
+    spec = dep["spec"]["template"]["spec"]
+    if grace is not None:
+        spec["terminationGracePeriodSeconds"] = grace
+    spec["nodeSelector"] = {"llmkube.dev/accelerator": "metal"}
+    if cpu:
+        spec["containers"][0]["resources"] = {"requests": {"cpu": cpu}}
+    return dep
+
+
+def service(name: str, port: int) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": "http", "name": "http"}]}}
+
+
+def ready_pods(cluster, ns: str, app: str) -> list[dict]:
+    out = []
+    for pod in pods(cluster, ns, app):
+        conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+        if conds.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+            out.append(pod)
+    return out
+
+
+def host_ip(cluster, node: str) -> str:
+    return cluster.state.host_for(node).ns_ip
+
+
+def server_pid_on(ip: str, port: int) -> int | None:
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["name"] == "llama-server" and f"{port}" in cmd and ip in cmd:
+            return proc.pid
+    return None
+
+
+class EndpointClient:
+    """Sends completions to the ready endpoints of a Service, re-reading its EndpointSlices
+    every 0.2 s as a service mesh or kube-proxy would; counts every outcome."""
+
+    def __init__(self, cluster, ns: str, service_name: str, *, workers: int = 2, max_tokens: int = 16) -> None:
+        pki = Path(cluster.state.directory) / "pki"
+        self._ssl = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        self._ssl.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        self._url = (f"{cluster.state.server}/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
+                     f"?labelSelector=kubernetes.io/service-name%3D{service_name}")
+        self.endpoints: list[tuple[str, int]] = []
+        self.ok: Counter[str] = Counter()
+        self.failed: list[str] = []
+        self.timeline: list[str] = []  # endpoint changes and failures, for a failure's message
+        self._t0 = time.monotonic()
+        self.max_tokens = max_tokens
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._watch, daemon=True)]
+        self._threads += [threading.Thread(target=self._send, args=(i,), daemon=True) for i in range(workers)]
+
+    def __enter__(self) -> EndpointClient:
+        self._refresh()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=90)
+
+    def _refresh(self) -> None:
+        with urllib.request.urlopen(self._url, context=self._ssl, timeout=5) as resp:
+            slices = json.loads(resp.read())["items"]
+        endpoints = sorted(
+            (addr, port["port"]) for s in slices for e in s.get("endpoints") or []
+            if (e.get("conditions") or {}).get("ready") for addr in e["addresses"] for port in s.get("ports") or []
+        )
+        if endpoints != self.endpoints:
+            self.timeline.append(f"{time.monotonic() - self._t0:.2f}s endpoints {endpoints}")
+        self.endpoints = endpoints
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self._refresh()
+            except (urllib.error.URLError, OSError, ValueError):
+                pass  # keep the last view, as a proxy does
+
+    def _send(self, index: int) -> None:
+        n = index
+        while not self._stop.is_set():
+            targets = list(self.endpoints)
+            if not targets:
+                time.sleep(0.05)
+                continue
+            ip, port = targets[n % len(targets)]
+            n += 1
+            sent = time.monotonic() - self._t0
+            try:
+                answer = complete(f"http://{ip}:{port}", max_tokens=self.max_tokens)
+                assert answer["usage"]["completion_tokens"] > 0
+                self.ok[ip] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                self.failed.append(f"{ip}:{port}: {exc!r}")
+                self.timeline.append(f"{sent:.2f}s-{time.monotonic() - self._t0:.2f}s failed {ip}: {exc!r}")
+
+
+def top(cluster, *args: str) -> list[list[str]]:
+    out = cluster.kubectl("top", *args, "--no-headers", check=False)
+    if out.returncode != 0:
+        return []
+    return [line.split() for line in out.stdout.splitlines() if line.strip()]
+
+
+def millicores(text: str) -> int:
+    return int(text[:-1]) if text.endswith("m") else int(float(text) * 1000)
+
+
+def mebibytes(text: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    return float(text[:-2]) * units[text[-2:]]
+
+
+def test_kubectl_top_shows_the_serving_pod(cluster, ns):
+    mac = MACS[0]
+    dep = spread("topped", port=8120)
+    dep["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] = mac
+    apply(cluster, ns, dep, service("topped", 8120))
+    pod = wait_for(lambda: (r := ready_pods(cluster, ns, "topped")) and r[0], timeout=240, what="topped Ready")
+    name = pod["metadata"]["name"]
+    ready_at = time.monotonic()
+    with EndpointClient(cluster, ns, "topped", workers=1, max_tokens=4):  # some CPU to show
+        node_row = wait_for(lambda: [r for r in top(cluster, "node", mac) if r[0] == mac and millicores(r[1]) > 0],
+                            timeout=60, what="kubectl top node with CPU")[0]
+        pod_row = wait_for(lambda: [r for r in top(cluster, "pod", "-n", ns) if r[0] == name and millicores(r[1]) > 0],
+                           timeout=60, what="kubectl top pod with CPU")[0]
+    assert time.monotonic() - ready_at <= 60 + 15, "metrics reach kubectl top within a scrape or two"
+    assert mebibytes(node_row[3]) > 0, node_row
+    raw = json.loads(cluster.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}").stdout)
+    rss = psutil.Process(server_pid_on(host_ip(cluster, mac), 8120)).memory_info().rss
+    reported = mebibytes(pod_row[2]) * 2**20
+    assert abs(reported - rss) <= 0.10 * rss, (pod_row, rss)
+    assert raw["containers"][0]["name"] == "server" and raw["containers"][0]["usage"]["memory"].endswith("Ki")
+
+
+def test_hpa_scales_across_two_macs(cluster, ns):
+    apply(cluster, ns, spread("elastic", port=8121, cpu="250m"), service("elastic", 8121))
+    wait_for(lambda: ready_pods(cluster, ns, "elastic"), timeout=240, what="elastic Ready")
+    hpa = {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "elastic"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "elastic"},
+            "minReplicas": 1, "maxReplicas": 2,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}],
+            "behavior": {
+                "scaleUp": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 15}]},
+                "scaleDown": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 15}]},
+            },
+        },
+    }
+    apply(cluster, ns, hpa)
+    start = time.monotonic()
+    with EndpointClient(cluster, ns, "elastic", workers=2, max_tokens=32) as load:
+        both = wait_for(lambda: len(r := ready_pods(cluster, ns, "elastic")) == 2 and r, timeout=240, what="a second replica Ready")
+        scaled_after = time.monotonic() - start
+    assert {p["spec"]["nodeName"] for p in both} == set(MACS), "the replicas spread across the Macs"
+    assert sum(load.ok.values()) > 0
+    wait_for(lambda: len(pods(cluster, ns, "elastic")) == 1, timeout=180, what="back to one replica after the load stops")
+    status = json.loads(cluster.kubectl("get", "hpa", "elastic", "-n", ns, "-o", "json").stdout)["status"]
+    assert status["desiredReplicas"] == 1, status
+    print(f"HPA: second replica Ready {scaled_after:.0f}s after the load started")
+
+
+def test_drain_respects_the_budget_and_fails_no_request(cluster, ns):
+    apply(cluster, ns, spread("steady", port=8122, replicas=2, grace=30), service("steady", 8122))
+    apply(cluster, ns, {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "steady"},
+                        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "steady"}}}})
+    wait_for(lambda: len(ready_pods(cluster, ns, "steady")) == 2, timeout=240, what="two replicas Ready")
+    first, second = MACS
+    with EndpointClient(cluster, ns, "steady") as client:
+        wait_for(lambda: len(client.ok) == 2, timeout=30, what="requests served by both Macs")
+        started = time.monotonic()
+        client.timeline.append(f"{started - client._t0:.2f}s drain {first}")
+        cluster.kubectl("drain", first, "--ignore-daemonsets", "--timeout=120s", timeout=150)
+        drained = time.monotonic() - started
+        assert [p["spec"]["nodeName"] for p in ready_pods(cluster, ns, "steady")] == [second]
+        refused = cluster.kubectl("drain", second, "--ignore-daemonsets", "--timeout=15s", check=False, timeout=60)
+        assert refused.returncode != 0 and "disruption budget" in refused.stderr, refused.stderr
+        assert len(ready_pods(cluster, ns, "steady")) == 1, "the budget kept the last replica"
+        cluster.kubectl("uncordon", first)
+        wait_for(lambda: {p["spec"]["nodeName"] for p in ready_pods(cluster, ns, "steady")} == set(MACS),
+                 timeout=240, what="the replacement Ready on the uncordoned Mac")
+        client.timeline.append(f"{time.monotonic() - client._t0:.2f}s drain {second}")
+        cluster.kubectl("drain", second, "--ignore-daemonsets", "--timeout=120s", timeout=150)
+        time.sleep(2)
+    assert not client.failed, "\n".join(client.timeline)
+    assert sum(client.ok.values()) > 20, client.ok
+    node = json.loads(cluster.kubectl("get", "node", second, "-o", "json").stdout)
+    assert node["spec"].get("unschedulable") is True
+    print(f"drain of {first}: {drained:.1f}s; requests served {dict(client.ok)}, failed {len(client.failed)}")

@@ -46,6 +46,7 @@ bench: binaries
 	$(PY) bench/pods.py
 	$(PY) bench/kubelet_api.py
 	$(PY) bench/portforward.py
+	$(PY) bench/tooling.py
 
 # The first `make demo` on empty caches, each step timed (30-60 minutes).
 bench-cold: $(VENV)/.installed

@@ -9,21 +9,16 @@ replicas with the same hostPort spread across them as on real Macs.
 from __future__ import annotations
 
 import json
-import ssl
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections import Counter
-from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.support.endpoints import EndpointClient
 from vnode.cluster.build import ensure_llama_server
 
 from .conftest import Agents, node_ready, wait_for
-from .test_pods import REPO, apply, complete, deployment, gemma, hub, pod_ready, pods  # noqa: F401 - fixtures
+from .test_pods import REPO, apply, deployment, gemma, hub, pods  # noqa: F401 - fixtures
 
 MACS = ("vnode-mac-a", "vnode-mac-b")
 
@@ -93,74 +88,6 @@ def server_pid_on(ip: str, port: int) -> int | None:
     return None
 
 
-class EndpointClient:
-    """Sends completions to the ready endpoints of a Service, re-reading its EndpointSlices
-    every 0.2 s as a service mesh or kube-proxy would; counts every outcome."""
-
-    def __init__(self, cluster, ns: str, service_name: str, *, workers: int = 2, max_tokens: int = 16) -> None:
-        pki = Path(cluster.state.directory) / "pki"
-        self._ssl = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-        self._ssl.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-        self._url = (f"{cluster.state.server}/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
-                     f"?labelSelector=kubernetes.io/service-name%3D{service_name}")
-        self.endpoints: list[tuple[str, int]] = []
-        self.ok: Counter[str] = Counter()
-        self.failed: list[str] = []
-        self.timeline: list[str] = []  # endpoint changes and failures, for a failure's message
-        self._t0 = time.monotonic()
-        self.max_tokens = max_tokens
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._watch, daemon=True)]
-        self._threads += [threading.Thread(target=self._send, args=(i,), daemon=True) for i in range(workers)]
-
-    def __enter__(self) -> EndpointClient:
-        self._refresh()
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=90)
-
-    def _refresh(self) -> None:
-        with urllib.request.urlopen(self._url, context=self._ssl, timeout=5) as resp:
-            slices = json.loads(resp.read())["items"]
-        endpoints = sorted(
-            (addr, port["port"]) for s in slices for e in s.get("endpoints") or []
-            if (e.get("conditions") or {}).get("ready") for addr in e["addresses"] for port in s.get("ports") or []
-        )
-        if endpoints != self.endpoints:
-            self.timeline.append(f"{time.monotonic() - self._t0:.2f}s endpoints {endpoints}")
-        self.endpoints = endpoints
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.2):
-            try:
-                self._refresh()
-            except (urllib.error.URLError, OSError, ValueError):
-                pass  # keep the last view, as a proxy does
-
-    def _send(self, index: int) -> None:
-        n = index
-        while not self._stop.is_set():
-            targets = list(self.endpoints)
-            if not targets:
-                time.sleep(0.05)
-                continue
-            ip, port = targets[n % len(targets)]
-            n += 1
-            sent = time.monotonic() - self._t0
-            try:
-                answer = complete(f"http://{ip}:{port}", max_tokens=self.max_tokens)
-                assert answer["usage"]["completion_tokens"] > 0
-                self.ok[ip] += 1
-            except Exception as exc:  # noqa: BLE001 - every failure is the finding
-                self.failed.append(f"{ip}:{port}: {exc!r}")
-                self.timeline.append(f"{sent:.2f}s-{time.monotonic() - self._t0:.2f}s failed {ip}: {exc!r}")
-
-
 def top(cluster, *args: str) -> list[list[str]]:
     out = cluster.kubectl("top", *args, "--no-headers", check=False)
     if out.returncode != 0:
@@ -220,7 +147,7 @@ def test_hpa_scales_across_two_macs(cluster, ns):
         both = wait_for(lambda: len(r := ready_pods(cluster, ns, "elastic")) == 2 and r, timeout=240, what="a second replica Ready")
         scaled_after = time.monotonic() - start
     assert {p["spec"]["nodeName"] for p in both} == set(MACS), "the replicas spread across the Macs"
-    assert sum(load.ok.values()) > 0
+    assert load.served > 0
     wait_for(lambda: len(pods(cluster, ns, "elastic")) == 1, timeout=180, what="back to one replica after the load stops")
     status = json.loads(cluster.kubectl("get", "hpa", "elastic", "-n", ns, "-o", "json").stdout)["status"]
     assert status["desiredReplicas"] == 1, status
@@ -236,7 +163,7 @@ def test_drain_respects_the_budget_and_fails_no_request(cluster, ns):
     with EndpointClient(cluster, ns, "steady") as client:
         wait_for(lambda: len(client.ok) == 2, timeout=30, what="requests served by both Macs")
         started = time.monotonic()
-        client.timeline.append(f"{started - client._t0:.2f}s drain {first}")
+        client.mark(f"drain {first}")
         cluster.kubectl("drain", first, "--ignore-daemonsets", "--timeout=120s", timeout=150)
         drained = time.monotonic() - started
         assert [p["spec"]["nodeName"] for p in ready_pods(cluster, ns, "steady")] == [second]
@@ -246,11 +173,20 @@ def test_drain_respects_the_budget_and_fails_no_request(cluster, ns):
         cluster.kubectl("uncordon", first)
         wait_for(lambda: {p["spec"]["nodeName"] for p in ready_pods(cluster, ns, "steady")} == set(MACS),
                  timeout=240, what="the replacement Ready on the uncordoned Mac")
-        client.timeline.append(f"{time.monotonic() - client._t0:.2f}s drain {second}")
+        client.mark(f"drain {second}")
         cluster.kubectl("drain", second, "--ignore-daemonsets", "--timeout=120s", timeout=150)
         time.sleep(2)
     assert not client.failed, "\n".join(client.timeline)
-    assert sum(client.ok.values()) > 20, client.ok
+    assert client.served > 20, client.ok
     node = json.loads(cluster.kubectl("get", "node", second, "-o", "json").stdout)
     assert node["spec"].get("unschedulable") is True
     print(f"drain of {first}: {drained:.1f}s; requests served {dict(client.ok)}, failed {len(client.failed)}")
+
+
+def test_discovery_and_namespace_deletion_stay_healthy(cluster, macs):
+    """A registered metrics API must not break discovery, or namespaces stop deleting."""
+    resources = cluster.kubectl("api-resources", "--api-group=metrics.k8s.io", "-o", "name")
+    assert {"nodes.metrics.k8s.io", "pods.metrics.k8s.io"} <= set(resources.stdout.split()), resources.stdout
+    assert "unable to retrieve" not in resources.stderr, resources.stderr
+    cluster.kubectl("create", "namespace", "tooling-short-lived")
+    cluster.kubectl("delete", "namespace", "tooling-short-lived", "--wait=true", "--timeout=60s", timeout=90)

@@ -24,7 +24,7 @@ from vnode.kubeclient import KubeClient, KubeconfigError
 from vnode.kubelet_api.auth import Authenticator, Authorizer
 from vnode.kubelet_api.context import ApiContext
 from vnode.kubelet_api.server import KubeletServer, build_app, tls_context
-from vnode.metrics import registry
+from vnode.metrics import probe_registry, registry
 from vnode.node.controller import NodeController
 from vnode.node.lease import LeaseController
 from vnode.node.registration import TakeoverRefused
@@ -33,9 +33,12 @@ from vnode.node.budget import allocatable_memory
 from vnode.node.status import NodeIdentity
 from vnode.pods.admission import MemoryBudget, PortRegistry
 from vnode.pods.controller import PodController
+from vnode.pods.probe_stats import ProbeStats
 from vnode.pods.env import EnvResolver
+from vnode.pods.eviction import EvictionManager
 from vnode.pods.events import EventRecorder
 from vnode.pods.status import StatusManager
+from vnode.pods.thresholds import format_duration, parse_statements
 from vnode.pods.worker import PodContext
 from vnode.provider.host import detect_host
 from vnode.provider.models import ModelStore
@@ -109,6 +112,12 @@ def public_config(settings: Settings) -> dict:
         "authentication": {"anonymous": {"enabled": settings.anonymous_auth}, "webhook": {"enabled": True},
                            "x509": {"clientCAFile": str(settings.client_ca_file or "")}},
         "authorization": {"mode": "Webhook"},
+        "evictionHard": parse_statements(settings.eviction_hard, sep="<"),
+        "evictionSoft": parse_statements(settings.eviction_soft, sep="<"),
+        "evictionSoftGracePeriod": parse_statements(settings.eviction_soft_grace_period, sep="="),
+        "evictionMinimumReclaim": parse_statements(settings.eviction_minimum_reclaim, sep="="),
+        "evictionPressureTransitionPeriod": format_duration(settings.eviction_pressure_transition_period),
+        "evictionMaxPodGracePeriod": settings.eviction_max_pod_grace_period,
         "vnode": {"memoryFraction": settings.memory_fraction, "offline": settings.offline,
                   "allowExecProbes": settings.allow_exec_probes, "registerTaint": settings.register_taint},
     }
@@ -143,16 +152,6 @@ async def run_agent(settings: Settings) -> int:
             return ["llama-server not found: install it or pass --llama-server PATH"]
         return []
 
-    node = NodeController(
-        api=api,
-        host=host,
-        identity=identity_from(settings),
-        disk_path=str(settings.state_dir),
-        force=settings.force,
-        update_seconds=settings.node_status_update_seconds,
-        report_seconds=settings.node_status_report_seconds,
-        readiness_problems=readiness_problems,
-    )
     lease = LeaseController(api=api, node_name=settings.node_name, duration_seconds=settings.lease_duration_seconds)
 
     async def heartbeat() -> None:
@@ -163,6 +162,7 @@ async def run_agent(settings: Settings) -> int:
     http = aiohttp.ClientSession()
     status = StatusManager(api)
     models = ModelStore(settings.model_store, endpoint=settings.hf_endpoint or os.environ.get("HF_ENDPOINT"), offline=settings.offline)
+    probes = ProbeStats(live=lambda: pods.workers.keys())  # a pod's probe series go with its worker
     ctx = PodContext(
         api=api,
         node_name=settings.node_name,
@@ -179,13 +179,41 @@ async def run_agent(settings: Settings) -> int:
         model_store=settings.model_store,
         allow_exec_probes=settings.allow_exec_probes,
         drain_quiet_seconds=settings.drain_quiet_seconds,
+        probe_stats=probes,
     )
     pods = PodController(ctx)
+    eviction = EvictionManager(
+        thresholds=settings.eviction_thresholds,
+        read_host=host.memory_signal,
+        capacity=facts.memory_bytes,
+        pods=pods.active_pods,
+        running=pods.running_instances,
+        evict=pods.evict,
+        events=ctx.events,
+        interval=settings.eviction_monitoring_interval,
+        transition_seconds=settings.eviction_pressure_transition_period,
+        max_pod_grace=settings.eviction_max_pod_grace_period,
+        signal_file=settings.eviction_signal_file,
+        node_name=settings.node_name,
+    )
+    node = NodeController(
+        api=api,
+        host=host,
+        identity=identity_from(settings),
+        disk_path=str(settings.state_dir),
+        force=settings.force,
+        update_seconds=settings.node_status_update_seconds,
+        report_seconds=settings.node_status_report_seconds,
+        readiness_problems=readiness_problems,
+        memory_condition=eviction.memory_condition,
+    )
     serving = certs.ServingState()
-    metrics = registry(models=models, pods=pods, serving=serving)
+    metrics = registry(models=models, pods=pods, serving=serving, budget=ctx.budget, probes=probes,
+                       evictions=lambda: eviction.evictions)
     api_ctx = ApiContext(node_name=settings.node_name, pods=pods, supervisor=ctx.supervisor, log_dir=settings.log_dir,
                          config=public_config(settings), ready=readiness_problems, metrics=metrics,
-                         running=pods.running_instances,
+                         probe_metrics=probe_registry(probes),
+                         running=pods.running_instances, state_dir=settings.state_dir, store_usage=models.disk_usage,
                          exec_enabled=settings.enable_exec)
 
     async def kubelet_api() -> None:
@@ -195,6 +223,10 @@ async def run_agent(settings: Settings) -> int:
     async def pod_layer() -> None:
         await node.registered.wait()
         await pods.run()
+
+    async def evictions() -> None:
+        await node.registered.wait()
+        await eviction.run()
 
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -220,7 +252,9 @@ async def run_agent(settings: Settings) -> int:
                 tasks.create_task(heartbeat(), name="lease")
                 tasks.create_task(status.run(), name="pod-status")
                 tasks.create_task(pod_layer(), name="pods")
+                tasks.create_task(evictions(), name="eviction")
                 tasks.create_task(kubelet_api(), name="kubelet-api")
+                tasks.create_task(models.watch_size(), name="model-store-size")
         except* (TakeoverRefused, ServingError) as group:
             refused.extend(group.exceptions)
     except asyncio.CancelledError:

@@ -35,6 +35,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                  "llama_server", "hf_endpoint", "tls_cert_file", "tls_private_key_file", "client_ca_file",
                  "log_dir", "log_format", "log_level", "drain_quiet_seconds"):
         run.add_argument(flag_name(name), dest=name, default=None, help=fields[name].description)
+    for name in ("eviction_hard", "eviction_soft", "eviction_soft_grace_period", "eviction_minimum_reclaim",
+                 "eviction_pressure_transition_period", "eviction_max_pod_grace_period", "eviction_monitoring_interval",
+                 "eviction_signal_file"):
+        run.add_argument(flag_name(name), dest=name, default=None, help=fields[name].description)
     run.add_argument("--label", dest="labels", action="append", type=_label, default=None, metavar="KEY=VALUE",
                      help=fields["labels"].description)
     run.add_argument("--register-taint", dest="register_taint", action=argparse.BooleanOptionalAction, default=None,

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from vnode.pods import thresholds
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 ENV_PREFIX = "VNODE_"
@@ -100,6 +102,34 @@ class Settings(BaseSettings):
     log_dir: Path | None = Field(default=None, description="also write vnode.log (rotated) here; served read-only on the kubelet API's /logs/")
     log_format: Literal["text", "json"] = Field(default="text", description="log lines as text or JSON")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+    # Eviction under memory pressure (pods/eviction.py), with the kubelet's flags and defaults.
+    eviction_hard: str = Field(
+        default="memory.available<100Mi",
+        description="hard eviction thresholds, e.g. memory.available<500Mi, or a percentage of memory (empty: none)",
+    )
+    eviction_soft: str = Field(default="", description="soft eviction thresholds, e.g. memory.available<1Gi (each needs a grace period)")
+    eviction_soft_grace_period: str = Field(
+        default="", validate_default=True, description="how long a soft threshold must hold before a pod is evicted, e.g. memory.available=1m30s"
+    )
+    eviction_minimum_reclaim: str = Field(
+        default="", description="once evicting, keep on until the signal is this far above the threshold, e.g. memory.available=500Mi"
+    )
+    eviction_pressure_transition_period: float = Field(
+        default=300.0, ge=0, le=86400,
+        description="how long MemoryPressure stays True after the last breach of a threshold (duration, e.g. 5m, or seconds)",
+    )
+    eviction_max_pod_grace_period: int = Field(
+        default=0, ge=-1, le=86400,
+        description="longest grace period for a soft eviction, in seconds; the kubelet's minimum of 2 s still applies (-1: the pod's own)",
+    )
+    eviction_monitoring_interval: float = Field(
+        default=10.0, gt=0, le=300, description="how often memory.available is compared with the thresholds; at most one eviction each time (duration or seconds)",
+    )
+    eviction_signal_file: Path | None = Field(
+        default=None,
+        description="TEST HOOK: read memory.available from this file (JSON {\"memory.available\": \"80Mi\"}, or a quantity) "
+                    "instead of the machine; absent or empty file: the machine's reading",
+    )
 
     @field_validator("node_name")
     @classmethod
@@ -122,6 +152,43 @@ class Settings(BaseSettings):
             if key.startswith("node-role.kubernetes.io/"):
                 raise ValueError(f"label {key!r}: NodeRestriction forbids a node to set node-role.kubernetes.io/ labels")
         return value
+
+    @field_validator("eviction_hard", "eviction_soft", mode="before")
+    @classmethod
+    def _valid_thresholds(cls, value: Any) -> str:
+        statements = thresholds.parse_statements(value, sep="<")
+        for signal, text in statements.items():
+            thresholds.parse_threshold_value(signal, text)
+        return thresholds.format_statements(statements, sep="<")
+
+    @field_validator("eviction_minimum_reclaim", mode="before")
+    @classmethod
+    def _valid_reclaims(cls, value: Any) -> str:
+        statements = thresholds.parse_statements(value, sep="=")
+        for signal, text in statements.items():
+            thresholds.parse_min_reclaim(signal, text)
+        return thresholds.format_statements(statements, sep="=")
+
+    @field_validator("eviction_soft_grace_period", mode="before")
+    @classmethod
+    def _valid_grace_periods(cls, value: Any, info: ValidationInfo) -> str:
+        statements = thresholds.parse_statements(value, sep="=")
+        # Fields validate in order: eviction_soft is known here, so a soft threshold
+        # without a grace period is reported on this flag.
+        thresholds.parse_thresholds(hard=None, soft=info.data.get("eviction_soft"), soft_grace_period=statements)
+        return thresholds.format_statements(statements, sep="=")
+
+    @field_validator("eviction_pressure_transition_period", "eviction_monitoring_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return thresholds.parse_duration(value) if isinstance(value, str) else value
+
+    @property
+    def eviction_thresholds(self) -> list[thresholds.Threshold]:
+        return thresholds.parse_thresholds(
+            hard=self.eviction_hard, soft=self.eviction_soft,
+            soft_grace_period=self.eviction_soft_grace_period, minimum_reclaim=self.eviction_minimum_reclaim,
+        )
 
     @property
     def model_store(self) -> Path:

@@ -126,6 +126,42 @@ def test_kubectl_top_shows_the_serving_pod(cluster, ns):
     assert raw["containers"][0]["name"] == "server" and raw["containers"][0]["usage"]["memory"].endswith("Ki")
 
 
+def test_kubelet_metric_endpoints_through_the_api_server(cluster, ns):
+    """What Prometheus' kubelet scrape and dashboards read, through the node proxy, for a
+    serving pod: /stats/summary, /metrics/cadvisor and /metrics/probes."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    mac = MACS[1]
+    dep = spread("scraped", port=8123)
+    dep["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] = mac
+    apply(cluster, ns, dep)
+    pod = wait_for(lambda: (r := ready_pods(cluster, ns, "scraped")) and r[0], timeout=240, what="scraped Ready")
+    name, proxy = pod["metadata"]["name"], f"/api/v1/nodes/{mac}/proxy"
+
+    summary = json.loads(cluster.kubectl("get", "--raw", f"{proxy}/stats/summary").stdout)
+    assert summary["node"]["nodeName"] == mac and summary["node"]["memory"]["workingSetBytes"] > 0
+    assert summary["node"]["fs"]["capacityBytes"] > 0 and summary["node"]["runtime"]["imageFs"]["usedBytes"] > 100 * 2**20
+    mine = next(p for p in summary["pods"] if p["podRef"]["name"] == name)
+    container = mine["containers"][0]
+    assert mine["podRef"] == {"name": name, "namespace": ns, "uid": pod["metadata"]["uid"]}
+    assert container["name"] == "server" and container["memory"]["workingSetBytes"] > 50 * 2**20
+    assert container["cpu"]["usageCoreNanoSeconds"] > 0 and container["logs"]["usedBytes"] > 0
+
+    cadvisor = {f.name: f for f in text_string_to_metric_families(cluster.kubectl("get", "--raw", f"{proxy}/metrics/cadvisor").stdout)}
+    for family in ("container_cpu_usage_seconds", "container_memory_working_set_bytes", "container_memory_rss",
+                   "container_start_time_seconds", "container_last_seen"):
+        samples = [x for x in cadvisor[family].samples if x.labels.get("pod") == name and x.labels.get("container") == "server"]
+        assert samples and samples[0].labels["namespace"] == ns, family
+
+    def probes_counted() -> bool:
+        text = cluster.kubectl("get", "--raw", f"{proxy}/metrics/probes").stdout
+        return any(x.value > 0 and x.labels.get("pod") == name and x.labels.get("probe_type") == "Readiness"
+                   and x.labels.get("result") == "successful"
+                   for f in text_string_to_metric_families(text) if f.name == "prober_probe" for x in f.samples)
+
+    wait_for(probes_counted, timeout=10, what="prober_probe_total for the pod's readiness probe")
+
+
 def test_hpa_scales_across_two_macs(cluster, ns):
     apply(cluster, ns, spread("elastic", port=8121, cpu="250m"), service("elastic", 8121))
     wait_for(lambda: ready_pods(cluster, ns, "elastic"), timeout=240, what="elastic Ready")

@@ -21,8 +21,11 @@ class ApiContext:
     config: dict[str, Any] = field(default_factory=dict)  # what /configz shows
     ready: Any = None  # callable -> list of problems (empty when healthy)
     metrics: Any = None  # prometheus CollectorRegistry served on /metrics
+    probe_metrics: Any = None  # prometheus CollectorRegistry served on /metrics/probes (the prober's stats)
     exec_enabled: bool = True
     running: Any = None  # callable -> list[Instance]: the container instances running now
+    state_dir: Path | None = None  # the agent's state dir: the node filesystem of /stats/summary
+    store_usage: Any = None  # blocking callable -> diskusage.DirUsage of the model store (imageFs)
 
     def find_pod(self, namespace: str, name: str):
         for worker in list(self.pods.workers.values()):

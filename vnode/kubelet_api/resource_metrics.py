@@ -3,53 +3,20 @@
 Exactly the series metrics-server reads (node, pod and container CPU seconds, working
 set, container start time, resource_scrape_error), with millisecond timestamps as the
 kubelet writes them. Values come from each server's real process tree
-(provider/stats.py), read in a thread; the pods come through the context's narrow
-`running` view, never from worker internals.
+(provider/stats.py), read in a thread by the shared snapshot (snapshot.py), which
+takes the pods from the context's narrow `running` view, never from worker internals.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vnode.kubelet_api.context import context
-from vnode.provider.stats import Usage, node_usage, tree_usage
-from vnode.provider.supervisor import Instance
-
-
-@dataclass(frozen=True)
-class ContainerSample:
-    namespace: str
-    pod: str
-    container: str
-    started_at: float
-    usage: Usage
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    node: Usage
-    containers: list[ContainerSample]
-    errors: int = 0  # containers that could not be read (resource_scrape_error)
-
-
-def take_snapshot(instances: list[Instance]) -> Snapshot:
-    """Blocking: read the node and every running server's process tree."""
-    samples, errors = [], 0
-    for inst in instances:
-        pid = inst.server_pid()
-        usage = tree_usage(pid) if pid else None
-        if usage is None:
-            errors += 1
-            continue
-        samples.append(ContainerSample(inst.namespace, inst.pod_name, inst.container, inst.started_at, usage))
-    return Snapshot(node=node_usage(), containers=samples, errors=errors)
+from vnode.kubelet_api.snapshot import Snapshot, rendered
 
 
 class _SnapshotCollector(Collector):
@@ -97,10 +64,8 @@ def render(snap: Snapshot) -> bytes:
 
 
 async def resource_metrics(request: web.Request) -> web.Response:
-    running = context(request).running
-    instances = running() if running is not None else []
-    snap = await asyncio.to_thread(take_snapshot, instances)
-    return web.Response(body=render(snap), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = await rendered(request, render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def add_routes(app: web.Application) -> None:

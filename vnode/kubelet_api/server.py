@@ -16,13 +16,15 @@ from pathlib import Path
 from aiohttp import web
 
 from vnode.kubelet_api import exec as exec_api
-from vnode.kubelet_api import health, logs, metrics, pods, portforward, resource_metrics
+from vnode.kubelet_api import probe_metrics, request_metrics
+from vnode.kubelet_api import cadvisor_metrics, health, logs, metrics, pods, portforward, resource_metrics, stats_summary
 from vnode.kubelet_api.auth import Authenticator, Authorizer, User, user_from_certificate
 from vnode.kubelet_api.context import CTX_KEY, ApiContext
 
 log = logging.getLogger(__name__)
 
-USER_KEY = web.AppKey("user", User)
+# The authenticated User, for handlers that log or audit who asked (RequestKey: aiohttp >= 3.13).
+USER_KEY = web.RequestKey("user", User) if hasattr(web, "RequestKey") else "vnode.user"
 
 
 def status_response(code: int, message: str, *, reason: str | None = None) -> web.Response:
@@ -94,13 +96,17 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
 
 
 def build_app(ctx: ApiContext, *, authn: Authenticator, authz: Authorizer, anonymous: bool = False) -> web.Application:
-    app = web.Application(middlewares=[_errors, _middleware(authn, authz, anonymous=anonymous)], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[request_metrics.timing, _errors, _middleware(authn, authz, anonymous=anonymous)],
+                          client_max_size=1024 * 1024)
     app[CTX_KEY] = ctx
     health.add_routes(app)
     pods.add_routes(app)
     logs.add_routes(app)
     metrics.add_routes(app)
+    probe_metrics.add_routes(app)
     resource_metrics.add_routes(app)
+    cadvisor_metrics.add_routes(app)
+    stats_summary.add_routes(app)
     exec_api.add_routes(app)
     portforward.add_routes(app)
     return app

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from vnode.kubeclient import KubeClient
 from vnode.node.client import Backoff, Outage, explain, is_transient
 from vnode.node.registration import TakeoverRefused, register
-from vnode.node.status import NodeIdentity, node_status, status_fingerprint
+from vnode.node.status import MemoryCondition, NodeIdentity, node_status, status_fingerprint
 from vnode.provider.host import Host, HostCommandError, HostFacts
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class NodeController:
         update_seconds: float,
         report_seconds: float,
         readiness_problems: Callable[[], list[str]] = list,
+        memory_condition: Callable[[], MemoryCondition] | None = None,
     ) -> None:
         self._api = api
         self._server = api.server
@@ -46,6 +47,7 @@ class NodeController:
         self._update_seconds = update_seconds
         self._report_seconds = report_seconds
         self._readiness_problems = readiness_problems
+        self._memory_condition = memory_condition  # the eviction manager's MemoryPressure, if it runs
         self.registered = asyncio.Event()
         self.node_uid: str | None = None
         self._conditions: list[dict] | None = None
@@ -104,6 +106,7 @@ class NodeController:
             not_ready=self._readiness_problems(),
             now=dt.datetime.now(dt.timezone.utc),
             pressure_error=pressure_error,
+            memory=self._memory_condition() if self._memory_condition else None,
         )
         fingerprint = status_fingerprint(status)
         due = time.monotonic() - self._reported_at >= self._report_seconds

@@ -108,9 +108,29 @@ class Condition:
     message: str
 
 
-def conditions(pressure: Pressure | None, *, not_ready: list[str], pressure_error: str = "") -> list[Condition]:
+@dataclass(frozen=True)
+class MemoryCondition:
+    """MemoryPressure as the eviction manager decided it (pods/eviction.py), which owns
+    the condition as the kubelet's does; `detail` says why while it is True."""
+
+    pressure: bool
+    detail: str = ""
+
+
+def memory_condition(memory: MemoryCondition) -> Condition:
+    if memory.pressure:
+        return Condition("MemoryPressure", "True", "KubeletHasInsufficientMemory",
+                         f"vnode has insufficient memory available: {memory.detail}" if memory.detail
+                         else "vnode has insufficient memory available")
+    return Condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "vnode has sufficient memory available")
+
+
+def conditions(
+    pressure: Pressure | None, *, not_ready: list[str], pressure_error: str = "", memory: MemoryCondition | None = None
+) -> list[Condition]:
     """The four kubelet conditions. `not_ready` lists problems that make the node unfit;
-    pressure None (the host could not be read) makes the pressure conditions Unknown."""
+    pressure None (the host could not be read) makes the pressure conditions Unknown.
+    `memory`, when the eviction manager runs, decides MemoryPressure instead of the host."""
     if pressure is None:
         out = [
             Condition(kind, "Unknown", "HostFactsUnavailable", f"vnode could not read the host's state: {pressure_error}")
@@ -118,6 +138,8 @@ def conditions(pressure: Pressure | None, *, not_ready: list[str], pressure_erro
         ]
     else:
         out = _pressure_conditions(pressure)
+    if memory is not None:
+        out[0] = memory_condition(memory)
     if not_ready:
         out.append(Condition("Ready", "False", "KubeletNotReady", "; ".join(not_ready)))
     else:
@@ -194,13 +216,14 @@ def node_status(
     not_ready: list[str],
     now: dt.datetime,
     pressure_error: str = "",
+    memory: MemoryCondition | None = None,
 ) -> dict:
     capacity, allocatable = resources(identity, facts)
     return {
         "capacity": capacity,
         "allocatable": allocatable,
         "conditions": condition_dicts(
-            conditions(pressure, not_ready=not_ready, pressure_error=pressure_error), previous_conditions, now=now
+            conditions(pressure, not_ready=not_ready, pressure_error=pressure_error, memory=memory), previous_conditions, now=now
         ),
         "addresses": addresses(identity, facts),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": identity.kubelet_port}},

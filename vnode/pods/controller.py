@@ -88,6 +88,16 @@ class PodController:
                 continue
             self.dispatch(pod)
 
+    def phase_counts(self) -> dict[str, int]:
+        """Pods with a worker by phase, as vnode last reported it (else as the API server
+        had it): what /metrics shows, without the collector reading worker internals."""
+        counts = dict.fromkeys(("Pending", "Running", "Succeeded", "Failed", "Unknown"), 0)
+        for worker in list(self.workers.values()):
+            status = self.ctx.status.last(worker.uid) or worker.pod.get("status") or {}
+            phase = status.get("phase") or "Pending"
+            counts[phase] = counts.get(phase, 0) + 1
+        return counts
+
     def running_instances(self) -> list[Instance]:
         """The container instances running now, one per container: what the kubelet API's
         stats read (the narrow view; no worker internals leave this layer)."""
@@ -98,6 +108,20 @@ class PodController:
                 if inst is not None and self.ctx.supervisor.alive(inst):
                     found.append(inst)
         return found
+
+    def active_pods(self) -> list[dict]:
+        """The pods that may still run here (not failed, finished or being deleted): the
+        eviction manager's candidates, as the kubelet's active pods are."""
+        return [w.pod for w in list(self.workers.values())
+                if not w.terminal and w.failed is None and not w.deleting.is_set() and not w.done.is_set()]
+
+    async def evict(self, pod_uid: str, *, message: str, grace: float) -> bool:
+        """Evict one pod (PodWorker.evict); False if it is no longer active."""
+        worker = self.workers.get(pod_uid)
+        if worker is None or worker.terminal or worker.failed is not None or worker.deleting.is_set():
+            return False
+        await worker.evict(message, grace=grace)
+        return True
 
     def dispatch(self, pod: dict) -> None:
         uid = pod["metadata"]["uid"]

@@ -67,6 +67,8 @@ async def wait_idle(session: aiohttp.ClientSession, *, base: str, quiet: float, 
     while True:
         now = time.monotonic()
         if now - start >= budget:
+            if idle_since is not None:  # idle, only the quiet period was cut short
+                return Drained(idle=True, waited=now - start, detail=f"quiet for {now - idle_since:.1f}s of {quiet:.1f}s")
             return Drained(idle=False, waited=now - start, detail=f"still serving after {budget:.1f}s")
         busy = await in_flight(session, base)
         now = time.monotonic()

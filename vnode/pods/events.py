@@ -1,6 +1,6 @@
-"""Pod events, as the kubelet records them: what a user reads in `kubectl describe pod`.
+"""Pod and node events, as the kubelet records them: what `kubectl describe` shows.
 
-Repeats of the same (pod, reason, message) within ten minutes bump the count of one
+Repeats of the same (object, reason, message) within ten minutes bump the count of one
 Event instead of creating new ones, so a crash loop does not flood the namespace.
 """
 
@@ -31,8 +31,21 @@ class EventRecorder:
         """Record an event on `pod` (kind Normal or Warning); failures are logged, never raised:
         an event is worth less than the work that caused it."""
         meta = pod["metadata"]
-        ns = meta["namespace"]
-        key = (meta["uid"], kind, reason, message, field_path)
+        involved = {"kind": "Pod", "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"], "apiVersion": "v1",
+                    "resourceVersion": meta.get("resourceVersion", "")}
+        if field_path:
+            involved["fieldPath"] = field_path
+        await self._record(involved, namespace=meta["namespace"], kind=kind, reason=reason, message=message)
+
+    async def node_event(self, *, kind: str, reason: str, message: str) -> None:
+        """An event on this node (`kubectl describe node`), in the default namespace with the
+        node's name as its uid, as the kubelet records them."""
+        involved = {"kind": "Node", "name": self._node, "uid": self._node, "apiVersion": "v1"}
+        await self._record(involved, namespace="default", kind=kind, reason=reason, message=message)
+
+    async def _record(self, involved: dict, *, namespace: str, kind: str, reason: str, message: str) -> None:
+        ns = namespace
+        key = (involved["uid"], kind, reason, message, involved.get("fieldPath"))
         try:
             seen = self._seen.get(key)
             if seen and time.monotonic() - seen[2] < AGGREGATE_SECONDS:
@@ -42,11 +55,7 @@ class EventRecorder:
                 )
                 self._seen[key] = (name, count + 1, first)
                 return
-            name = f"{meta['name']}.{uuid.uuid4().hex[:12]}"
-            involved = {"kind": "Pod", "namespace": ns, "name": meta["name"], "uid": meta["uid"], "apiVersion": "v1",
-                        "resourceVersion": meta.get("resourceVersion", "")}
-            if field_path:
-                involved["fieldPath"] = field_path
+            name = f"{involved['name']}.{uuid.uuid4().hex[:12]}"
             await self._api.create(f"/api/v1/namespaces/{ns}/events", {
                 "apiVersion": "v1", "kind": "Event",
                 "metadata": {"name": name, "namespace": ns},
@@ -60,6 +69,6 @@ class EventRecorder:
             if len(self._seen) > 2000:
                 self._seen.clear()
         except (ApiError, OSError, TimeoutError) as exc:
-            log.debug("event %s for %s/%s not recorded: %s", reason, ns, meta["name"], exc)
+            log.debug("event %s for %s %s not recorded: %s", reason, involved["kind"], involved["name"], exc)
         except Exception as exc:  # noqa: BLE001 - aiohttp errors and the like
-            log.debug("event %s for %s/%s not recorded: %s", reason, ns, meta["name"], exc)
+            log.debug("event %s for %s %s not recorded: %s", reason, involved["kind"], involved["name"], exc)

@@ -4,21 +4,26 @@ initialDelaySeconds, periodSeconds, timeoutSeconds, successThreshold and
 failureThreshold mean what they mean on any node; readiness and liveness wait for the
 startup probe. httpGet and tcpSocket are supported. exec probes would let anyone who can
 create a pod run a command on the Mac, so they are refused unless the operator enables
-them (--allow-exec-probes); grpc is not supported.
+them (--allow-exec-probes); grpc is not supported. Each attempt's result and duration go
+to the container's ProbeRecorder (probe_stats.py) when it has one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from vnode.pods.probe_stats import FAILED, SUCCESSFUL, UNKNOWN, ProbeRecorder
 from vnode.provider.spec import ContainerIn, Probe
 from vnode.provider.subproc import communicate
 
 log = logging.getLogger(__name__)
+
+UNSUPPORTED = "unsupported probe"  # the detail of an attempt vnode could not make at all
 
 
 class ProbeSpecError(Exception):
@@ -111,7 +116,7 @@ async def probe_once(
         return False, f"probe timed out after {timeout:.0f}s"
     except (aiohttp.ClientError, OSError) as exc:
         return False, f"probe failed: {exc}"
-    return False, "unsupported probe"
+    return False, UNSUPPORTED
 
 
 class ContainerProber:
@@ -120,9 +125,10 @@ class ContainerProber:
     def __init__(
         self, container: ContainerIn, *, host: str, session: aiohttp.ClientSession,
         on_change: Callable[[], None], on_unhealthy: Callable[[str, str], Awaitable[None]],
-        run_exec: RunExec | None = None,
+        run_exec: RunExec | None = None, stats: ProbeRecorder | None = None,
     ) -> None:
         self.container, self.host, self.session, self._run_exec = container, host, session, run_exec
+        self._stats = stats
         self._on_change, self._on_unhealthy = on_change, on_unhealthy
         self.started = container.startup_probe is None
         self.ready = container.readiness_probe is None
@@ -146,15 +152,20 @@ class ContainerProber:
             return
         await asyncio.gather(*loops)
 
-    async def _attempt(self, probe: Probe) -> tuple[bool, str]:
-        return await probe_once(probe, container=self.container, host=self.host, session=self.session, run_exec=self._run_exec)
+    async def _attempt(self, probe: Probe, kind: str) -> tuple[bool, str]:
+        started = time.monotonic()
+        ok, detail = await probe_once(probe, container=self.container, host=self.host, session=self.session, run_exec=self._run_exec)
+        if self._stats is not None:
+            result = SUCCESSFUL if ok else UNKNOWN if detail == UNSUPPORTED else FAILED
+            self._stats.record(kind, result, time.monotonic() - started)
+        return ok, detail
 
     async def _until(self, probe: Probe, kind: str) -> bool:
         """Startup: probe until success (True) or failureThreshold failures (False)."""
         await asyncio.sleep(probe.initial_delay_seconds)
         failures = 0
         while True:
-            ok, detail = await self._attempt(probe)
+            ok, detail = await self._attempt(probe, kind)
             if ok:
                 return True
             failures += 1
@@ -173,7 +184,7 @@ class ContainerProber:
         await asyncio.sleep(probe.initial_delay_seconds)
         successes = failures = 0
         while True:
-            ok, detail = await self._attempt(probe)
+            ok, detail = await self._attempt(probe, "Readiness")
             if ok:
                 successes, failures = successes + 1, 0
                 if not self.ready and successes >= probe.success_threshold:
@@ -192,7 +203,7 @@ class ContainerProber:
         await asyncio.sleep(probe.initial_delay_seconds)
         failures = 0
         while True:
-            ok, detail = await self._attempt(probe)
+            ok, detail = await self._attempt(probe, "Liveness")
             failures = 0 if ok else failures + 1
             if failures >= probe.failure_threshold:
                 await self._give_up("Liveness", detail)

@@ -18,6 +18,7 @@ from vnode.node.client import Backoff, explain
 log = logging.getLogger(__name__)
 
 OWNED_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")
+EVICTED = "Evicted"  # the reason of a pod failed by node-pressure eviction (eviction.py)
 
 
 def now_rfc3339() -> str:
@@ -75,9 +76,11 @@ def pod_status(
     failed: tuple[str, str] | None = None,
     now: str | None = None,
 ) -> dict:
-    """The full status to write. `failed` (reason, message) makes the pod Failed (admission)."""
+    """The full status to write. `failed` (reason, message) makes the pod Failed (admission,
+    or eviction: then the kubelet's DisruptionTarget condition tells controllers why)."""
     now = now or now_rfc3339()
     previous = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
+    evicted = failed is not None and failed[0] == EVICTED
     phase = "Failed" if failed else _phase(containers)
     ready = bool(containers) and all(c.ready for c in containers) and phase == "Running"
     gates = [g.get("conditionType") for g in (pod.get("spec") or {}).get("readinessGates") or []]
@@ -88,7 +91,12 @@ def pod_status(
         "ContainersReady": "True" if ready else "False",
         "Ready": "True" if ready and gates_ok and not failed else "False",
     }
-    conditions = [c for t, c in previous.items() if t not in OWNED_CONDITIONS]
+    conditions = [c for t, c in previous.items() if t not in OWNED_CONDITIONS and not (evicted and t == "DisruptionTarget")]
+    if evicted:
+        old = previous.get("DisruptionTarget") or {}
+        conditions.append({"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "message": failed[1],
+                           "lastProbeTime": None,
+                           "lastTransitionTime": old.get("lastTransitionTime") if old.get("status") == "True" else now})
     for kind, value in wanted.items():
         old = previous.get(kind) or {}
         cond = {"type": kind, "status": value, "lastProbeTime": None,

@@ -24,8 +24,9 @@ from vnode.pods import drain
 from vnode.pods.admission import AdmissionError, MemoryBudget, PortRegistry
 from vnode.pods.env import EnvError, EnvResolver, command_env
 from vnode.pods.events import EventRecorder
+from vnode.pods.probe_stats import ProbeStats
 from vnode.pods.prober import ContainerProber, ProbeSpecError, run_command, validate_probes
-from vnode.pods.status import ContainerView, StatusManager, now_rfc3339, pod_status
+from vnode.pods.status import EVICTED, ContainerView, StatusManager, now_rfc3339, pod_status
 from vnode.provider.estimate import EstimateError, estimate_in_subprocess
 from vnode.provider.models import ModelError, ModelStore
 from vnode.provider.spec import ContainerIn, LaunchSpec, PodSpecIn
@@ -61,6 +62,7 @@ class PodContext:
     model_store: Path
     allow_exec_probes: bool = False
     drain_quiet_seconds: float = 2.0  # idle time a terminating server needs before SIGTERM (drain.py)
+    probe_stats: ProbeStats | None = None  # each probe attempt, for /metrics/probes
 
 
 class ContainerFailed(Exception):
@@ -110,6 +112,32 @@ class PodWorker:
         if not self.gone:
             field = f"spec.containers{{{container}}}" if container else None
             await self.ctx.events.pod_event(self.pod, kind=kind, reason=reason, message=message, field_path=field)
+
+    # -- from the eviction manager --------------------------------------------------------
+    async def evict(self, message: str, *, grace: float) -> None:
+        """Node-pressure eviction (eviction.py): the pod fails with reason Evicted, its
+        containers stop within `grace` and never restart, and the worker stays until the
+        pod is deleted: the kubelet does not delete an evicted pod, its controller (a
+        ReplicaSet, say) replaces it. Memory budget and ports are given back at once, so
+        that replacement can be admitted on this node."""
+        if self.failed is not None or self.deleting.is_set():
+            return
+        self.failed = (EVICTED, message)
+        await self.event("Warning", EVICTED, message)
+        # The container loops go first, as on deletion, so nothing restarts or starts: they
+        # are the tasks `_live` named after the containers; it sees `failed` and waits for
+        # the deletion.
+        names = {f"container {self.ref}/{name}" for name in self.runners}
+        loops = [t for t in asyncio.all_tasks() if t.get_name() in names]
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await asyncio.gather(*(r.stop(grace=grace) for r in self.runners.values()))
+        self.ctx.budget.release_pod(self.uid)
+        self.ctx.ports.release_pod(self.uid)
+        self.publish()
+        await self.ctx.status.flush(self.uid)
+        log.info("pod %s evicted (grace period %.0fs): %s", self.ref, grace, message)
 
     # -- the pod's life ------------------------------------------------------------------
     async def run(self) -> None:
@@ -367,6 +395,7 @@ class ContainerRunner:
         prober = ContainerProber(
             self.c, host=self.ctx.pod_ip, session=self.ctx.http, on_change=self._probe_changed,
             on_unhealthy=self._unhealthy, run_exec=run_exec,
+            stats=self.ctx.probe_stats.recorder(self.w.pod, self.c.name) if self.ctx.probe_stats else None,
         )
         self.prober = prober
         self._probe_changed()

@@ -225,19 +225,25 @@ def choose_files(names: list[str], *, quant: str | None, file: str | None, where
 
 
 class _Progress:
-    """Aggregate byte counts over all parts; print at most one line per PROGRESS_INTERVAL."""
+    """Aggregate byte counts over all parts; print at most one line per PROGRESS_INTERVAL.
+
+    "downloaded" is how much of the model is in the store, "received" how much of that this
+    child read from the network (not the kept part of a resumed file, nor a part already there).
+    """
 
     def __init__(self, emit: Emit, total: int) -> None:
         self.emit = emit
         self.total = total
         self.base = 0  # bytes of parts already finished
+        self.received = 0
         self.last = 0.0
 
     def update(self, file: str, file_bytes: int, *, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self.last >= PROGRESS_INTERVAL:
             self.last = now
-            self.emit({"event": "progress", "downloaded": self.base + file_bytes, "total": self.total, "file": file})
+            self.emit({"event": "progress", "downloaded": self.base + file_bytes, "total": self.total, "file": file,
+                       "received": self.received})
 
     def finish(self, file: str, size: int) -> None:
         self.update(file, size, force=True)
@@ -546,6 +552,7 @@ class _Fetcher:
                         for chunk in r.iter_bytes():
                             f.write(chunk)
                             have += len(chunk)
+                            progress.received += len(chunk)
                             progress.update(display, have)
                             retries = 5
                 if size is None or have >= size:

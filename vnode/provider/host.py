@@ -1,4 +1,5 @@
-"""Facts about the machine vnode runs on: identity, size, and memory/disk/PID pressure.
+"""Facts about the machine vnode runs on: identity, size, memory/disk/PID pressure, and
+memory.available, the signal the eviction manager (pods/eviction.py) compares with its thresholds.
 
 MacHost is the real target (Apple Silicon, unified memory); LinuxHost lets the agent and
 its tests run anywhere. Command outputs are parsed by small pure functions so the macOS
@@ -32,6 +33,7 @@ __all__ = [
     "HostFacts",
     "LinuxHost",
     "MacHost",
+    "MemorySignal",
     "Pressure",
     "VmStat",
     "detect_host",
@@ -39,9 +41,12 @@ __all__ = [
     "existing_parent",
     "goarch",
     "linux_memory_pressure",
+    "linux_memory_signal",
+    "mac_memory_signal",
     "parse_cpuinfo_model",
     "parse_ioreg_platform_uuid",
     "parse_loadavg_tasks",
+    "parse_meminfo",
     "parse_os_release",
     "parse_pressure_level",
     "parse_psi",
@@ -88,12 +93,26 @@ class Pressure(BaseModel):
     pid_detail: str
 
 
+class MemorySignal(BaseModel):
+    """One reading of the eviction signal memory.available (the kubelet's name), with the
+    capacity that percentage thresholds are taken of and what else the OS says about memory
+    (reported in messages, not acted on: the thresholds decide, as in the kubelet)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    available_bytes: int
+    capacity_bytes: int
+    detail: str  # e.g. "macOS memory pressure level warn" or "PSI some avg10=1.20%"
+
+
 class Host(Protocol):
     async def facts(self) -> HostFacts: ...
 
     async def pressure(self, *, disk_path: str) -> Pressure: ...
 
     async def available_memory(self) -> int: ...
+
+    async def memory_signal(self) -> MemorySignal: ...
 
 
 class HostCommandError(RuntimeError):
@@ -193,11 +212,55 @@ def parse_vm_stat(text: str) -> VmStat:
 
 
 def vm_available_bytes(vm: VmStat) -> int:
-    """Free + speculative + inactive pages: what macOS can hand out without evicting
-    active pages. Active file-backed pages are deliberately excluded: they are mostly the
-    mmapped weights of models already running, which are not really free to reuse."""
-    names = ("Pages free", "Pages speculative", "Pages inactive")
+    """Free + speculative + inactive + purgeable pages: what macOS can hand out without
+    compressing or swapping anything, the Mac's memory.available. Purgeable pages are
+    caches their owners marked volatile (the kernel drops them before it compresses a
+    page), the counterpart of the inactive file pages the kubelet counts as available;
+    they can also sit on the inactive queue, so the sum may over-count by at most the
+    purgeable pages (megabytes, next to the gigabytes of the others). Active file-backed
+    pages are deliberately excluded: they are mostly the mmapped weights of models
+    already running, which are not really free to reuse."""
+    names = ("Pages free", "Pages speculative", "Pages inactive", "Pages purgeable")
     return sum(vm.pages.get(name, 0) for name in names) * vm.page_size
+
+
+def mac_memory_signal(*, vm_stat: str, pressure_level: str | None, capacity: int) -> MemorySignal:
+    """memory.available from `vm_stat` output; the kernel's pressure level
+    (kern.memorystatus_vm_pressure_level), when known, goes into the detail."""
+    level = parse_pressure_level(pressure_level) if pressure_level is not None else None
+    return MemorySignal(
+        available_bytes=vm_available_bytes(parse_vm_stat(vm_stat)),
+        capacity_bytes=capacity,
+        detail=f"macOS memory pressure level {level}" if level else "macOS memory pressure level unknown",
+    )
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo in bytes: `MemAvailable:   23595012 kB` -> {"MemAvailable": 24161292288}."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        fields = rest.split()
+        if not sep or not fields or not fields[0].isdigit():
+            continue
+        unit = fields[1].lower() if len(fields) > 1 else ""
+        values[key.strip()] = int(fields[0]) * (1024 if unit == "kb" else 1)
+    return values
+
+
+def linux_memory_signal(*, meminfo: str, psi: str | None) -> MemorySignal:
+    """memory.available is MemAvailable (the kernel's own estimate of what can be given
+    out without swapping, page cache included, like the kubelet's capacity - working
+    set); PSI "some avg10", when the kernel has it, goes into the detail."""
+    values = parse_meminfo(meminfo)
+    if "MemAvailable" not in values or "MemTotal" not in values:
+        raise ValueError("MemAvailable/MemTotal not found in /proc/meminfo")
+    some = parse_psi(psi).get("some", {}).get("avg10") if psi else None
+    return MemorySignal(
+        available_bytes=values["MemAvailable"],
+        capacity_bytes=values["MemTotal"],
+        detail=f"PSI some avg10={some:.2f}%" if some is not None else "PSI unavailable",
+    )
 
 
 def parse_os_release(text: str) -> str:
@@ -430,8 +493,15 @@ class MacHost(_HostBase):
         )
 
     async def available_memory(self) -> int:
-        _, out = await _run("vm_stat")
-        return vm_available_bytes(parse_vm_stat(out))
+        return (await self.memory_signal()).available_bytes
+
+    async def memory_signal(self) -> MemorySignal:
+        facts, sysctl, (_, vm_stat) = await asyncio.gather(
+            self.facts(), self._sysctl("kern.memorystatus_vm_pressure_level"), _run("vm_stat")
+        )
+        return mac_memory_signal(
+            vm_stat=vm_stat, pressure_level=sysctl.get("kern.memorystatus_vm_pressure_level"), capacity=facts.memory_bytes
+        )
 
     async def pressure(self, *, disk_path: str) -> Pressure:
         sysctl, pids, (disk, disk_detail) = await asyncio.gather(
@@ -495,6 +565,12 @@ class LinuxHost(_HostBase):
 
     async def available_memory(self) -> int:
         return (await _in_thread(psutil.virtual_memory)).available
+
+    async def memory_signal(self) -> MemorySignal:
+        meminfo, psi = await asyncio.gather(_read_text("/proc/meminfo"), _read_text("/proc/pressure/memory"))
+        if meminfo is None:
+            raise HostCommandError("cannot read /proc/meminfo")
+        return linux_memory_signal(meminfo=meminfo, psi=psi)
 
     async def pressure(self, *, disk_path: str) -> Pressure:
         psi_text, memory, (disk, disk_detail), (pid, pid_detail) = await asyncio.gather(

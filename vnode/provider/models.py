@@ -14,13 +14,16 @@ import json
 import logging
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vnode import event_metrics
 from vnode.provider import fetch as _fetch
+from vnode.provider.diskusage import DirUsage, dir_usage
 from vnode.provider.spec import ModelSource
 from vnode.provider.subproc import python_child_env
 
@@ -57,6 +60,7 @@ class _Download:
     waiters: int = 0
     callbacks: list[ProgressCallback] = field(default_factory=list)
     downloaded: int = 0
+    received: int = 0  # from the network in this child (downloaded also counts resumed and reused bytes)
     total: int = 0
 
 
@@ -79,6 +83,8 @@ class ModelStore:
         self.python = python
         self._downloads: dict[str, _Download] = {}
         self._closed = False
+        self.stored_bytes: int | None = None  # what the store takes on disk, as last measured (watch_size)
+        self._changed = asyncio.Event()  # a download ended: measure again
 
     # -- public --------------------------------------------------------------------------
 
@@ -129,6 +135,29 @@ class ModelStore:
     def progress(self) -> dict[str, tuple[int, int]]:
         """Running downloads: label (repo:quant, repo/file or URL) -> (downloaded, total) bytes; total 0 = unknown."""
         return {dl.label: (dl.downloaded, dl.total) for dl in self._downloads.values()}
+
+    def disk_usage(self) -> DirUsage:
+        """Blocking (a walk of the store): the store's filesystem and what the store takes on
+        it, partial downloads included; the image filesystem of /stats/summary."""
+        return dir_usage(self.root)
+
+    async def measure_size(self) -> int:
+        """Measure what the store takes on disk (a walk, in a thread) into stored_bytes."""
+        usage = await asyncio.to_thread(self.disk_usage)
+        self.stored_bytes = usage.used.bytes if usage.used is not None else 0  # None: no store directory yet
+        return self.stored_bytes
+
+    async def watch_size(self, *, interval: float = 60.0) -> None:
+        """Keep stored_bytes current until cancelled: after each download, and every
+        `interval` seconds for files removed or added by hand."""
+        while True:
+            self._changed.clear()
+            try:
+                await self.measure_size()
+            except Exception as exc:  # noqa: BLE001 - a metric must never stop the agent (its TaskGroup)
+                log.warning("cannot measure the model store %s: %s", self.root, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), interval)
 
     async def close(self) -> None:
         """Stop every running download; callers still waiting get ModelError(DownloadFailed)."""
@@ -195,6 +224,7 @@ class ModelStore:
         proc: asyncio.subprocess.Process | None = None
         stderr_tail: deque[str] = deque(maxlen=20)
         drain: asyncio.Task[None] | None = None
+        started = time.monotonic()
         try:
             spawn = asyncio.ensure_future(
                 asyncio.create_subprocess_exec(
@@ -231,6 +261,10 @@ class ModelStore:
                 kind = event.get("event")
                 if kind == "progress":
                     dl.downloaded, dl.total = int(event.get("downloaded", 0)), int(event.get("total", 0))
+                    received = int(event.get("received", 0))
+                    if received > dl.received:
+                        event_metrics.MODEL_DOWNLOADED_BYTES.inc(received - dl.received)
+                        dl.received = received
                     for callback in list(dl.callbacks):
                         _call(callback, dl.downloaded, dl.total)
                 elif kind == "done":
@@ -244,11 +278,16 @@ class ModelStore:
             if done is not None and rc == 0:
                 log.info("model ready", extra={"model": dl.label, "path": done["path"], "sha256": done.get("sha256")})
                 dl.future.set_result(Path(done["path"]))
+                result = None if done.get("cached") else "success"  # cached: another child got it first
             elif error is not None:
                 dl.future.set_exception(ModelError(str(error.get("reason", "DownloadFailed")), str(error.get("message", ""))))
+                result = "failure"
             else:
                 tail = " | ".join(stderr_tail) or "no output"
                 dl.future.set_exception(ModelError("DownloadFailed", f"the download process exited with {rc}: {tail}"))
+                result = "failure"
+            if result is not None:
+                event_metrics.MODEL_DOWNLOAD_SECONDS.labels(result=result).observe(time.monotonic() - started)
         except asyncio.CancelledError:
             if proc is not None:
                 await _stop(proc, self.kill_grace)
@@ -260,6 +299,7 @@ class ModelStore:
             if not dl.future.done():
                 dl.future.set_exception(ModelError("DownloadFailed", f"cannot start the download process: {e}"))
         finally:
+            self._changed.set()
             if drain is not None and not drain.done():
                 drain.cancel()
             if self._downloads.get(dl.key) is dl:

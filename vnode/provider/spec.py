@@ -115,6 +115,7 @@ class LaunchSpec(BaseModel):
     pod_name: str
     pod_uid: str
     container: str
+    image: str = ""  # the container's image as the pod names it (cadvisor's `image` label)
     binary: str  # absolute path of the native server
     args: list[str]  # flags for the binary; the model flag is added once the model is local
     env: dict[str, str]
@@ -123,6 +124,7 @@ class LaunchSpec(BaseModel):
     port: int  # the server's port (the containerPort)
     host_ports: list[int] = Field(default_factory=list)
     model: ModelSource | None = None
+    host_volumes: dict[str, str] = Field(default_factory=dict)  # hostPath volume name -> host path (in the store)
     ctx_size: int | None = None  # for the memory estimate (None = the model's training context)
     parallel: int = 1
     cache_type_k: str = "f16"

@@ -10,7 +10,10 @@ working set:
 - Linux: the kubelet's working set is cgroup usage minus inactive file pages; a process
   tree without a cgroup of its own comes closest with RSS (anonymous memory plus the
   mapped model pages in use), which is what is reported.
-Blocking (psutil, ctypes): callers run it in a thread.
+Page faults (for /stats/summary): Linux reads minflt/majflt of /proc/<pid>/stat and
+pgfault/pgmajfault of /proc/vmstat; macOS has only page-ins (major faults) per process,
+from the same rusage_info_v2, and nothing for the node.
+Blocking (psutil, ctypes, /proc): callers run it in a thread.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import ctypes.util
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -72,13 +76,42 @@ def _proc_pid_rusage(pid: int) -> RUsageInfoV2 | None:
     return info
 
 
-def working_set(proc: psutil.Process) -> int:
-    """One process's working set (see the module docstring)."""
+def parse_proc_stat_faults(text: str) -> tuple[int, int]:
+    """(all page faults, major page faults) from the text of /proc/<pid>/stat."""
+    # Fields after the parenthesised command (which may hold spaces): state ppid pgrp
+    # session tty_nr tpgid flags minflt cminflt majflt ...
+    fields = text.rsplit(")", 1)[1].split()
+    minor, major = int(fields[7]), int(fields[9])
+    return minor + major, major
+
+
+def _memory(proc: psutil.Process) -> tuple[int, int, int | None, int | None]:
+    """(working set, rss, page faults, major page faults) of one process; faults None when unknown."""
+    rss = int(proc.memory_info().rss)
     if sys.platform == "darwin":
         info = _proc_pid_rusage(proc.pid)
-        if info is not None:
-            return int(info.ri_phys_footprint)
-    return int(proc.memory_info().rss)
+        if info is None:
+            return rss, rss, None, None
+        return int(info.ri_phys_footprint), rss, None, int(info.ri_pageins)
+    faults: int | None = None
+    major: int | None = None
+    if sys.platform.startswith("linux"):
+        try:
+            faults, major = parse_proc_stat_faults(Path(f"/proc/{proc.pid}/stat").read_text())
+        except OSError:
+            faults = major = 0  # it exited after psutil read it: its faults left with it
+        except (ValueError, IndexError):
+            pass
+    return rss, rss, faults, major
+
+
+def working_set(proc: psutil.Process) -> int:
+    """One process's working set (see the module docstring)."""
+    return _memory(proc)[0]
+
+
+def _add(total: int | None, value: int | None) -> int | None:
+    return None if total is None or value is None else total + value
 
 
 @dataclass(frozen=True)
@@ -90,30 +123,108 @@ class Usage:
     working_set_bytes: int
     rss_bytes: int
     processes: int = 1
+    # For /stats/summary's MemoryStats; None when the platform does not tell.
+    usage_bytes: int | None = None  # a tree: max(working set, rss); the node: total - free (cache included)
+    available_bytes: int | None = None  # the node only: memory that can still be had
+    page_faults: int | None = None  # cumulative, major ones included
+    major_page_faults: int | None = None
 
 
-def tree_usage(pid: int) -> Usage | None:
-    """The process `pid` and all its descendants; None when `pid` is gone."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return None
+def _children_map() -> dict[int, list[psutil.Process]]:
+    """Parent pid -> its child processes, from one pass over the process table."""
+    kids: dict[int, list[psutil.Process]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        ppid = proc.info.get("ppid")
+        if ppid is not None and ppid != proc.pid:
+            kids.setdefault(ppid, []).append(proc)
+    return kids
+
+
+def _tree(root: psutil.Process, kids: dict[int, list[psutil.Process]]) -> list[psutil.Process]:
+    tree, stack, seen = [root], [root.pid], {root.pid}
+    while stack:
+        for child in kids.get(stack.pop(), ()):
+            if child.pid not in seen:
+                seen.add(child.pid)
+                tree.append(child)
+                stack.append(child.pid)
+    return tree
+
+
+def _sum_usage(procs: list[psutil.Process]) -> Usage | None:
     cpu = 0.0
     wss = rss = count = 0
+    faults: int | None = 0
+    major: int | None = 0
     for proc in procs:
         try:
             with proc.oneshot():
                 times = proc.cpu_times()
-                cpu += times.user + times.system
-                wss += working_set(proc)
-                rss += proc.memory_info().rss
-                count += 1
+                p_wss, p_rss, p_faults, p_major = _memory(proc)
         except psutil.Error:
             continue  # a child exited while we looked
+        cpu += times.user + times.system
+        wss += p_wss
+        rss += p_rss
+        faults, major = _add(faults, p_faults), _add(major, p_major)
+        count += 1
     if count == 0:
         return None
-    return Usage(timestamp=time.time(), cpu_seconds=cpu, working_set_bytes=wss, rss_bytes=rss, processes=count)
+    return Usage(timestamp=time.time(), cpu_seconds=cpu, working_set_bytes=wss, rss_bytes=rss, processes=count,
+                 usage_bytes=max(wss, rss), page_faults=faults, major_page_faults=major)
+
+
+# psutil's children() scans the whole process table at each call; our own map of it costs
+# about as much as this many scans (process_iter builds a Process per entry).
+_SCANS_PER_MAP = 3
+
+
+def tree_usages(pids: list[int]) -> dict[int, Usage | None]:
+    """tree_usage of many roots: with more than a few, the process table is read once rather
+    than once per root (which would make a scrape of every container quadratic)."""
+    kids = _children_map() if len(pids) > _SCANS_PER_MAP else None
+    out: dict[int, Usage | None] = {}
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            tree = _tree(root, kids) if kids is not None else [root, *root.children(recursive=True)]
+        except psutil.Error:
+            out[pid] = None
+            continue
+        out[pid] = _sum_usage(tree)
+    return out
+
+
+def tree_usage(pid: int, *, children: bool = True) -> Usage | None:
+    """The process `pid` and (unless `children` is False) all its descendants; None when
+    `pid` is gone."""
+    if children:
+        return tree_usages([pid])[pid]
+    try:
+        return _sum_usage([psutil.Process(pid)])
+    except psutil.Error:
+        return None
+
+
+def parse_vmstat_faults(text: str) -> tuple[int, int] | None:
+    """(pgfault, pgmajfault) from the text of /proc/vmstat; None when either is missing."""
+    values = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("pgfault", "pgmajfault"):
+            values[key] = int(value)
+    if len(values) != 2:
+        return None
+    return values["pgfault"], values["pgmajfault"]
+
+
+def _node_faults() -> tuple[int, int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return parse_vmstat_faults(Path("/proc/vmstat").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def node_usage() -> Usage:
@@ -123,5 +234,8 @@ def node_usage() -> Usage:
     # guest time is already counted in user on Linux
     busy -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
     vm = psutil.virtual_memory()
+    faults = _node_faults()
     return Usage(timestamp=time.time(), cpu_seconds=busy, working_set_bytes=int(vm.total - vm.available),
-                 rss_bytes=int(vm.total - vm.available))
+                 rss_bytes=int(vm.total - vm.available), usage_bytes=int(vm.total - vm.free),
+                 available_bytes=int(vm.available), page_faults=faults[0] if faults else None,
+                 major_page_faults=faults[1] if faults else None)

@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -54,6 +54,10 @@ class Instance:
     exit_path: str
     pid_path: str
     args: list[str]
+    # For stats (/stats/summary, /metrics/cadvisor); empty in state files of older agents.
+    image: str = ""
+    sandbox: str = ""  # the pod's working directory (its containers' rootfs in the stats)
+    volumes: dict[str, str] = field(default_factory=dict)  # hostPath volume name -> host path
 
     @property
     def container_id(self) -> str:
@@ -133,7 +137,7 @@ class Supervisor:
             pod_uid=spec.pod_uid, namespace=spec.namespace, pod_name=spec.pod_name, container=spec.container,
             instance=instance, shim_pid=proc.pid, shim_start=shim_start, started_at=dt.datetime.now().timestamp(),
             port=spec.port, host=spec.host, log_path=str(log_path), exit_path=str(exit_path), pid_path=str(pid_path),
-            args=args,
+            args=args, image=spec.image, sandbox=str(self.sandbox(spec.pod_uid)), volumes=dict(spec.host_volumes),
         )
         self._save(inst)
         log.info("started %s/%s container %s (instance %d, pid %d)", spec.namespace, spec.pod_name, spec.container, instance, proc.pid)

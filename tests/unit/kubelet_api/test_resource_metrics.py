@@ -8,7 +8,8 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from vnode.kubelet_api.resource_metrics import take_snapshot, render
+from vnode.kubelet_api.resource_metrics import render
+from vnode.kubelet_api.snapshot import take_snapshot
 from vnode.provider.supervisor import Instance
 
 WANTED = {"container_cpu_usage_seconds", "container_memory_working_set_bytes", "container_start_time_seconds",

@@ -90,3 +90,21 @@ def test_owner_and_label_patch():
     assert owner_machine_id({"metadata": {}, "status": {"nodeInfo": {"machineID": "m2"}}}) == "m2"
     assert owner_machine_id({"metadata": {}}) is None
     assert label_patch(node, {"a": "1", "b": "2"}) == {"b": "2"}
+
+
+def test_eviction_manager_decides_memory_pressure():
+    """When the eviction manager runs, its verdict is the MemoryPressure condition, whatever
+    the host's own pressure level says (and even when the host cannot be read)."""
+    from vnode.node.status import MemoryCondition
+
+    pressed = Pressure(**{**CALM.model_dump(), "memory": True, "memory_level": "critical", "memory_detail": "3% free"})
+    calm = node_status(IDENT, FACTS, pressed, previous_conditions=None, not_ready=[], now=NOW, memory=MemoryCondition(pressure=False))
+    mem = {c["type"]: c for c in calm["conditions"]}["MemoryPressure"]
+    assert (mem["status"], mem["reason"], mem["message"]) == ("False", "KubeletHasSufficientMemory", "vnode has sufficient memory available")
+    low = MemoryCondition(pressure=True, detail="memory.available 80Mi is below the hard threshold 100Mi")
+    for host in (CALM, None):
+        status = node_status(IDENT, FACTS, host, previous_conditions=None, not_ready=[], now=NOW, memory=low)
+        mem = {c["type"]: c for c in status["conditions"]}["MemoryPressure"]
+        assert (mem["status"], mem["reason"]) == ("True", "KubeletHasInsufficientMemory")
+        assert mem["message"] == "vnode has insufficient memory available: memory.available 80Mi is below the hard threshold 100Mi"
+    assert {c["type"]: c for c in status["conditions"]}["DiskPressure"]["status"] == "Unknown"

@@ -118,3 +118,16 @@ async def test_a_request_in_the_quiet_period_starts_it_again():
     finally:
         await runner.cleanup()
     assert result.idle and result.waited >= 1.2, result
+
+
+async def test_an_idle_server_is_not_reported_busy_when_the_quiet_period_is_cut_short():
+    """A hard eviction leaves less time than the quiet period: idle is still idle."""
+    fake = FakeServer()
+    fake.busy = False
+    runner, base = await _serve(fake)
+    try:
+        async with aiohttp.ClientSession() as session:
+            result = await drain.wait_idle(session, base=base, quiet=2.0, budget=0.6)
+    finally:
+        await runner.cleanup()
+    assert result.idle and result.waited < 1.5 and "quiet for" in result.detail, result

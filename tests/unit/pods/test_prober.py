@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from vnode.pods.probe_stats import ProbeStats
 from vnode.pods.prober import ContainerProber, probe_once, run_command
 from vnode.provider.spec import ContainerIn, Probe
 
@@ -78,3 +79,42 @@ async def test_readiness_from_an_exec_probe(tmp_path: Path) -> None:
         assert prober.ready and changes == [True]
     finally:
         task.cancel()
+
+
+async def test_every_attempt_is_recorded_with_its_probe_type_and_result(tmp_path: Path) -> None:
+    async def unhealthy(kind: str, detail: str) -> None:
+        pass
+
+    stats = ProbeStats()
+    pod = {"metadata": {"name": "gemma", "namespace": "llm", "uid": "u1"}}
+    container = _container(readinessProbe={"exec": {"command": ["test", "-f", "ready"]}, "periodSeconds": 1, "timeoutSeconds": 1})
+    prober = ContainerProber(container, host="127.0.0.1", session=None, on_change=lambda: None,  # type: ignore[arg-type]
+                             on_unhealthy=unhealthy, run_exec=functools.partial(run_command, cwd=str(tmp_path), env={"PATH": "/usr/bin:/bin"}),
+                             stats=stats.recorder(pod, "server"))
+    task = asyncio.create_task(prober.run())
+    try:
+        for _ in range(50):
+            if stats.totals().get(("Readiness", "failed")):
+                break
+            await asyncio.sleep(0.05)
+        (tmp_path / "ready").write_text("")
+        for _ in range(30):
+            if prober.ready:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+    assert prober.ready
+    assert stats.totals() == {("Readiness", "failed"): 1, ("Readiness", "successful"): 1}
+
+
+async def test_an_attempt_vnode_cannot_make_is_unknown() -> None:
+    async def unhealthy(kind: str, detail: str) -> None:
+        pass
+
+    stats = ProbeStats()
+    container = _container(livenessProbe={"exec": {"command": ["true"]}, "failureThreshold": 1})
+    prober = ContainerProber(container, host="127.0.0.1", session=None, on_change=lambda: None,  # type: ignore[arg-type]
+                             on_unhealthy=unhealthy, stats=stats.recorder({"metadata": {"name": "p", "namespace": "n", "uid": "u"}}, "c"))
+    await asyncio.wait_for(prober.run(), 5)
+    assert prober.failed.is_set() and stats.totals() == {("Liveness", "unknown"): 1}

@@ -47,3 +47,19 @@ def test_terminal_phases():
 def test_admission_failure_is_failed_with_reason():
     s = status(ContainerView(name="server", image="img"), failed=("InsufficientMemory", "needs 9 GiB"))
     assert s["phase"] == "Failed" and s["reason"] == "InsufficientMemory" and "9 GiB" in s["message"]
+
+
+def test_evicted_pod_is_failed_with_a_disruption_target_condition():
+    running = ContainerView(name="server", image="img", state={"running": {"startedAt": "x"}}, ready=True, started=True)
+    message = "The node was low on resource: memory. Threshold quantity: 100Mi, available: 80Mi."
+    s = status(running, failed=("Evicted", message))
+    assert (s["phase"], s["reason"], s["message"]) == ("Failed", "Evicted", message)
+    target = next(c for c in s["conditions"] if c["type"] == "DisruptionTarget")
+    assert (target["status"], target["reason"], target["message"]) == ("True", "TerminationByKubelet", message)
+    assert conds(s)["Ready"] == "False" and conds(s)["PodScheduled"] == "True"
+    # Written once: a later status keeps its transition time and does not add a second one.
+    again = pod_status({**POD, "status": {"conditions": s["conditions"]}}, [running], pod_ip="198.18.0.2", start_time="x",
+                       failed=("Evicted", message), now="2026-01-01T00:09:00Z")
+    targets = [c for c in again["conditions"] if c["type"] == "DisruptionTarget"]
+    assert len(targets) == 1 and targets[0]["lastTransitionTime"] == "2026-01-01T00:00:02Z"
+    assert not any(c["type"] == "DisruptionTarget" for c in status(running, failed=("InsufficientMemory", "x"))["conditions"])

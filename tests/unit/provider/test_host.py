@@ -21,9 +21,12 @@ from vnode.provider.host import (
     existing_parent,
     goarch,
     linux_memory_pressure,
+    linux_memory_signal,
+    mac_memory_signal,
     parse_cpuinfo_model,
     parse_ioreg_platform_uuid,
     parse_loadavg_tasks,
+    parse_meminfo,
     parse_os_release,
     parse_pressure_level,
     parse_psi,
@@ -106,7 +109,7 @@ def test_parse_vm_stat() -> None:
     assert vm.pages["Pages inactive"] == 1589377
     assert vm.pages["Translation faults"] == 2183947612
     assert vm.pages["Pages occupied by compressor"] == 121907
-    assert vm_available_bytes(vm) == (187424 + 42118 + 1589377) * 16384
+    assert vm_available_bytes(vm) == (187424 + 42118 + 1589377 + 8342) * 16384
     # Sanity: the page counts of the recorded M2 Max add up to (nearly) its 64 GiB.
     counted = sum(
         vm.pages[k]
@@ -114,6 +117,19 @@ def test_parse_vm_stat() -> None:
                   "Pages wired down", "Pages occupied by compressor")
     )
     assert 0.98 < counted * vm.page_size / (64 * GiB) <= 1.0
+
+
+def test_mac_memory_signal_from_recorded_outputs() -> None:
+    """memory.available = free + speculative + inactive + purgeable pages; the kernel's
+    pressure level rides along in the detail."""
+    signal = mac_memory_signal(vm_stat=sample("macos_vm_stat.txt"), pressure_level=sample("macos_sysctl_n_pressure_level_warn.txt"),
+                               capacity=64 * GiB)
+    assert signal.available_bytes == (187424 + 42118 + 1589377 + 8342) * 16384
+    assert signal.capacity_bytes == 64 * GiB
+    assert signal.detail == "macOS memory pressure level warn"
+    assert mac_memory_signal(vm_stat=sample("macos_vm_stat.txt"), pressure_level=None, capacity=GiB).detail.endswith("unknown")
+    with pytest.raises(ValueError):
+        mac_memory_signal(vm_stat="", pressure_level="1", capacity=GiB)
 
 
 def test_parse_vm_stat_needs_header() -> None:
@@ -136,6 +152,25 @@ def test_goarch(machine: str, arch: str) -> None:
 
 
 # ------------------------------------------------------------------ Linux parsers
+
+
+def test_parse_meminfo_recorded() -> None:
+    values = parse_meminfo(sample("linux_proc_meminfo.txt"))
+    assert values["MemTotal"] == 24683584 * 1024
+    assert values["MemAvailable"] == 23811732 * 1024
+    assert values["HugePages_Total"] == 0  # no unit: a count, kept as is
+    assert parse_meminfo("garbage\nMemFree: lots kB\n") == {}
+
+
+def test_linux_memory_signal_recorded() -> None:
+    """MemAvailable and MemTotal from /proc/meminfo; PSI "some avg10" as extra detail."""
+    signal = linux_memory_signal(meminfo=sample("linux_proc_meminfo.txt"), psi=sample("linux_proc_pressure_memory.txt"))
+    assert signal.available_bytes == 23811732 * 1024
+    assert signal.capacity_bytes == 24683584 * 1024
+    assert signal.detail == "PSI some avg10=23.41%"
+    assert linux_memory_signal(meminfo=sample("linux_proc_meminfo.txt"), psi=None).detail == "PSI unavailable"
+    with pytest.raises(ValueError):
+        linux_memory_signal(meminfo="MemFree: 1 kB\n", psi=None)
 
 
 def test_parse_psi() -> None:
@@ -251,7 +286,15 @@ async def test_mac_host_pressure_and_available(fake_mac_commands: Calls, tmp_pat
     assert pressure.memory is False and pressure.memory_level == "normal"
     assert "38% free" in pressure.memory_detail
     assert "of 8000" in pressure.pid_detail
-    assert await host.available_memory() == (187424 + 42118 + 1589377) * 16384
+    assert await host.available_memory() == (187424 + 42118 + 1589377 + 8342) * 16384
+
+
+async def test_mac_host_memory_signal(fake_mac_commands: Calls) -> None:
+    signal = await MacHost().memory_signal()
+    assert signal.available_bytes == (187424 + 42118 + 1589377 + 8342) * 16384
+    assert signal.capacity_bytes == 68719476736  # hw.memsize, from the (cached) facts
+    assert signal.detail == "macOS memory pressure level normal"
+    assert ("vm_stat",) in fake_mac_commands
 
 
 async def test_mac_host_falls_back_to_physicalcpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,6 +342,13 @@ async def test_linux_host_facts_on_this_machine() -> None:
     assert await host.facts() is facts
     available = await host.available_memory()
     assert 0 < available <= facts.memory_bytes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_linux_host_memory_signal_on_this_machine() -> None:
+    signal = await LinuxHost().memory_signal()
+    assert 0 < signal.available_bytes <= signal.capacity_bytes == (await LinuxHost().facts()).memory_bytes
+    assert signal.detail.startswith("PSI")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

@@ -360,3 +360,15 @@ async def test_stand_in_hub_speaks_huggingface_hub(hub: HubServer, tmp_path: Pat
     hub.corrupt.add("tiny-Q4_K_S.gguf")
     bad = await asyncio.to_thread(hf_hub_download, REPO, "tiny-Q4_K_S.gguf", cache_dir=tmp_path / "c", endpoint=hub.url, token=False)
     assert Path(bad).read_bytes() != FILES[REPO]["tiny-Q4_K_S.gguf"]
+
+
+def test_disk_usage_is_the_store_on_its_filesystem(tmp_path):
+    """imageFs of /stats/summary: what the store holds (partial downloads too), on its filesystem."""
+    s = ModelStore(tmp_path / "models")
+    s.root.mkdir(parents=True)
+    (s.root / "a.gguf").write_bytes(b"GGUF" + b"\0" * 200_000)
+    (s.root / ".partial").mkdir()
+    (s.root / ".partial" / "b.gguf.part").write_bytes(b"\0" * 100_000)
+    got = s.disk_usage()
+    assert got.used.bytes >= 300_000 and got.used.inodes == 4  # root, a.gguf, .partial, the part
+    assert got.filesystem.capacity_bytes > got.used.bytes

@@ -57,3 +57,63 @@ def test_gone_process_is_none():
 def test_node_usage_is_sane():
     usage = stats.node_usage()
     assert usage.cpu_seconds > 0 and 0 < usage.working_set_bytes < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_fault_counters_parse():
+    # comm may hold spaces and parentheses; minflt is the 10th field, majflt the 12th
+    line = "4242 (llama (x) server) S 1 4242 4242 0 -1 4194304 1500 7 25 0 3 1 0 0 20 0 4 0 17 1000 200"
+    assert stats.parse_proc_stat_faults(line) == (1525, 25)
+    assert stats.parse_vmstat_faults("nr_free_pages 5\npgfault 900\npgmajfault 12\npgrefill 1\n") == (900, 12)
+    assert stats.parse_vmstat_faults("nr_free_pages 5\n") is None
+
+
+def test_summary_fields_of_a_tree_and_of_the_node():
+    code = "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); time.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            tree = stats.tree_usage(parent.pid)
+            if tree and tree.processes == 2:
+                break
+            time.sleep(0.1)
+        alone = stats.tree_usage(parent.pid, children=False)
+        assert tree.processes == 2 and alone.processes == 1  # children=False: the process only
+        assert tree.usage_bytes >= tree.working_set_bytes > alone.working_set_bytes
+        if sys.platform.startswith("linux"):  # python's start-up alone faults in thousands of pages
+            assert tree.page_faults > alone.page_faults > 100 and tree.major_page_faults is not None
+    finally:
+        for p in __import__("psutil").Process(parent.pid).children(recursive=True):
+            p.kill()
+        parent.kill()
+        parent.wait()
+    node = stats.node_usage()
+    assert node.usage_bytes >= node.working_set_bytes and 0 < node.available_bytes
+    if sys.platform.startswith("linux"):
+        assert node.page_faults >= node.major_page_faults >= 0 and node.page_faults > 0
+
+
+def test_many_trees_from_one_pass():
+    """tree_usages: each root with its own descendants, the same as tree_usage one by one."""
+    code = "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); time.sleep(30)"
+    parents = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    alone = subprocess.Popen(["sleep", "30"])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            got = stats.tree_usages([p.pid for p in parents] + [alone.pid, gone.pid])
+            if all(got[p.pid] and got[p.pid].processes == 2 for p in parents):
+                break
+            time.sleep(0.1)
+        assert [got[p.pid].processes for p in parents] == [2, 2]
+        assert got[alone.pid].processes == 1 and got[gone.pid] is None
+    finally:
+        for p in parents:
+            for c in __import__("psutil").Process(p.pid).children(recursive=True):
+                c.kill()
+            p.kill()
+            p.wait()
+        alone.kill()
+        alone.wait()

@@ -81,7 +81,8 @@ def test_example_deployment(dirs):
     spec = PodSpecIn.model_validate(template)
     got = run(dirs, spec=spec)
     assert got == LaunchSpec(
-        namespace="default", pod_name="gemma-0", pod_uid="uid-1", container="server", binary=BIN,
+        namespace="default", pod_name="gemma-0", pod_uid="uid-1", container="server",
+        image="ghcr.io/ggml-org/llama.cpp:server", binary=BIN,
         args=["--host", POD_IP, "--port", "8080", "--ctx-size", "2048"],
         env={"HOME": str(sandbox)}, workdir=str(sandbox), host=POD_IP, port=8080, host_ports=[8080],
         model=ModelSource(kind="hf", repo="ggml-org/gemma-3-270m-GGUF", quant="Q4_K_M"),
@@ -364,6 +365,8 @@ def test_model_path_hostpath_is_a_store_subdir(dirs):
     got = run(dirs, args=["--model=/data/q.gguf"], mounts=[{"name": "models", "mountPath": "/data"}],
               volumes=[store_volume(store, "hf/qwen", type="Directory")])
     assert got.model.path == str((store / "hf" / "qwen" / "q.gguf").resolve())
+    # the volume's host directory, for its stats in /stats/summary
+    assert got.host_volumes == {"models": str((store / "hf" / "qwen").resolve())}
 
 
 def test_model_path_from_env_and_relative_to_working_dir(dirs):

@@ -52,7 +52,8 @@ class _CadvisorCollector(Collector):
         yield rss
         yield start
         yield seen
-        error = GaugeMetricFamily("container_scrape_error", "1 if there was an error while getting container metrics, 0 otherwise")
+        error = GaugeMetricFamily("container_scrape_error",
+                                  "1 if there was an error while getting container metrics, 0 otherwise")
         error.add_metric([], 1 if self.snap.errors else 0)
         yield error
 

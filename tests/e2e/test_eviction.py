@@ -18,7 +18,7 @@ import pytest
 from vnode.cluster.build import ensure_llama_server
 
 from .conftest import Agents, condition, node_json, node_ready, wait_for
-from .test_pods import apply, deployment, gemma, hub, pods, server_pid  # noqa: F401 - fixtures
+from .test_pods import apply, deployment, pods, server_pid
 
 NODE = "vnode-e2e-evict"
 PORT = 8130

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from .conftest import kubelet_port, wait_for
-from .test_pods import NODE, apply, complete, deployment, gemma, hub, mac, ns, pod_ready, server_pid  # noqa: F401 - fixtures
+from .test_pods import NODE, apply, complete, deployment, mac, ns, pod_ready, server_pid  # noqa: F401 - fixtures
 
 PORT = 8110
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vnode.kubelet_api.snapshot import Snapshot, rendered
+from vnode.kubelet_api.snapshot import Snapshot, prometheus_handler, prometheus_text
 
 
 class _SnapshotCollector(Collector):
@@ -57,15 +56,8 @@ class _SnapshotCollector(Collector):
         yield scrape
 
 
-def render(snap: Snapshot) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snap))
-    return generate_latest(registry)
-
-
-async def resource_metrics(request: web.Request) -> web.Response:
-    body = await rendered(request, render)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+render = prometheus_text(_SnapshotCollector)
+resource_metrics = prometheus_handler(render)
 
 
 def add_routes(app: web.Application) -> None:

@@ -9,11 +9,14 @@ never from pod-worker internals; reading is blocking (psutil), so handlers call
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from vnode.kubelet_api.context import context
 from vnode.provider.stats import Usage, node_usage, tree_usages
@@ -76,3 +79,21 @@ async def rendered(request: web.Request, render: Callable[[Snapshot], T]) -> T:
     of containers the rendering alone would hold the loop for milliseconds."""
     instances = running(request)
     return await asyncio.to_thread(lambda: render(take_snapshot(instances)))
+
+
+def prometheus_text(collector: Callable[[Snapshot], Collector]) -> Callable[[Snapshot], bytes]:
+    """A renderer of one snapshot as Prometheus text through `collector(snapshot)`."""
+    def render(snap: Snapshot) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector(snap))
+        return generate_latest(registry)
+
+    return render
+
+
+def prometheus_handler(render: Callable[[Snapshot], bytes]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The GET handler that serves `render` of a fresh snapshot."""
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=await rendered(request, render), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handler

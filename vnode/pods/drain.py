@@ -62,6 +62,10 @@ async def in_flight(session: aiohttp.ClientSession, base: str) -> bool | None:
 
 async def wait_idle(session: aiohttp.ClientSession, *, base: str, quiet: float, budget: float) -> Drained:
     """Wait until `base` has been idle for `quiet` seconds, for at most `budget` seconds."""
+    if quiet >= budget:
+        # No time for a quiet period (a hard eviction's short grace): finish what is in
+        # flight and no more.
+        quiet = 0.0
     start = time.monotonic()
     idle_since: float | None = None
     while True:

@@ -120,14 +120,32 @@ async def test_a_request_in_the_quiet_period_starts_it_again():
     assert result.idle and result.waited >= 1.2, result
 
 
-async def test_an_idle_server_is_not_reported_busy_when_the_quiet_period_is_cut_short():
-    """A hard eviction leaves less time than the quiet period: idle is still idle."""
+async def test_without_time_for_a_quiet_period_an_idle_server_stops_at_once():
+    """A hard eviction leaves less time than the quiet period: only what is in flight
+    is waited for, and an idle server is not held back."""
     fake = FakeServer()
     fake.busy = False
     runner, base = await _serve(fake)
     try:
         async with aiohttp.ClientSession() as session:
-            result = await drain.wait_idle(session, base=base, quiet=2.0, budget=0.6)
+            result = await drain.wait_idle(session, base=base, quiet=2.0, budget=1.5)
     finally:
         await runner.cleanup()
-    assert result.idle and result.waited < 1.5 and "quiet for" in result.detail, result
+    assert result.idle and result.waited < 0.5, result
+
+
+async def test_a_quiet_period_cut_short_by_the_deadline_is_not_reported_busy():
+    fake = FakeServer()
+    runner, base = await _serve(fake)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def finish_soon() -> None:
+                await asyncio.sleep(0.3)
+                fake.busy = False
+
+            task = asyncio.create_task(finish_soon())
+            result = await drain.wait_idle(session, base=base, quiet=1.0, budget=1.2)
+            await task
+    finally:
+        await runner.cleanup()
+    assert result.idle and "quiet for" in result.detail, result

@@ -113,6 +113,14 @@ def test_service_account_authorized_by_subresource(cluster, served):
     assert code == 401
 
 
+@pytest.mark.parametrize("path", ["pods", "runningpods", "runningpods/"])
+def test_pod_lists_through_the_api_server(cluster, served, path):
+    """Both spellings, as the kubelet serves them (client-go drops the trailing slash)."""
+    ns_name, pod = served
+    items = json.loads(cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/{path}").stdout)["items"]
+    assert (ns_name, pod) in {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in items}
+
+
 def test_agent_metrics_through_the_api_server(cluster, served):
     text = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/metrics").stdout
     assert "vnode_pod_workers" in text and 'vnode_container_restarts{container="server"' in text

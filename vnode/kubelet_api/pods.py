@@ -1,4 +1,5 @@
-"""/pods and /runningpods/: the pods this node runs, as a PodList."""
+"""/pods and /runningpods: the pods this node runs, as a PodList (with or without the
+trailing slash, as the kubelet: client-go drops it)."""
 
 from __future__ import annotations
 
@@ -21,4 +22,5 @@ async def pods(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/pods", pods)
     app.router.add_get("/pods/", pods)
+    app.router.add_get("/runningpods", pods)
     app.router.add_get("/runningpods/", pods)

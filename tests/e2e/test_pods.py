@@ -357,3 +357,25 @@ def test_gated_model_needs_the_token_from_a_secret(cluster, ns):
     ours = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
             if "hfserver" not in " ".join(p.info["cmdline"] or [])]  # the test hub is told the token, vnode must not show it
     assert not [c for c in ours if GATED_TOKEN in c], "the token must not appear on any command line"
+
+
+def test_readiness_gate_set_by_another_writer_makes_the_pod_ready(cluster, ns):
+    """As the kubelet: Ready waits for the gate's condition, and a status update from
+    another controller (a load balancer's) is noticed without any container change."""
+    dep = deployment("gated", port=8106)
+    dep["spec"]["template"]["spec"]["readinessGates"] = [{"conditionType": "example.com/load-balancer"}]
+    apply(cluster, ns, dep)
+
+    def gate_reason() -> dict | None:
+        for pod in pods(cluster, ns, "gated"):
+            conds = {c["type"]: c for c in pod.get("status", {}).get("conditions", [])}
+            if conds.get("ContainersReady", {}).get("status") == "True":
+                return pod if conds["Ready"]["status"] == "False" and conds["Ready"].get("reason") == "ReadinessGatesNotReady" else None
+        return None
+
+    pod = wait_for(gate_reason, timeout=240, what="containers ready, Ready=False for the gate")
+    patch = {"status": {"conditions": [{"type": "example.com/load-balancer", "status": "True"}]}}
+    cluster.kubectl("patch", "pod", pod["metadata"]["name"], "-n", ns, "--subresource=status", "--type=strategic",
+                    "-p", json.dumps(patch))
+    ready = wait_for(lambda: pod_ready(cluster, ns, "gated"), timeout=20, what="Ready once the gate is True")
+    assert {c["type"]: c["status"] for c in ready["status"]["conditions"]}["example.com/load-balancer"] == "True"

@@ -67,6 +67,20 @@ def _phase(containers: list[ContainerView]) -> str:
     return "Pending"
 
 
+def readiness_gates_unready(pod: dict, conditions: dict[str, dict]) -> list[str]:
+    """What keeps the pod's readiness gates from passing, in the kubelet's words; empty
+    when every gate's condition (written by another controller) is True."""
+    unready = []
+    for gate in (pod.get("spec") or {}).get("readinessGates") or []:
+        kind = gate.get("conditionType")
+        cond = conditions.get(kind)
+        if cond is None:
+            unready.append(f'corresponding condition of pod readiness gate "{kind}" does not exist.')
+        elif cond.get("status") != "True":
+            unready.append(f'the status of pod readiness gate "{kind}" is not "True", but {cond.get("status")}')
+    return unready
+
+
 def pod_status(
     pod: dict,
     containers: list[ContainerView],
@@ -83,8 +97,8 @@ def pod_status(
     evicted = failed is not None and failed[0] == EVICTED
     phase = "Failed" if failed else _phase(containers)
     ready = bool(containers) and all(c.ready for c in containers) and phase == "Running"
-    gates = [g.get("conditionType") for g in (pod.get("spec") or {}).get("readinessGates") or []]
-    gates_ok = all((previous.get(g) or {}).get("status") == "True" for g in gates)
+    gates_unready = readiness_gates_unready(pod, previous)
+    gates_ok = not gates_unready
     wanted = {
         "PodReadyToStartContainers": "True",
         "Initialized": "True",
@@ -103,8 +117,11 @@ def pod_status(
                 "lastTransitionTime": old.get("lastTransitionTime") if old.get("status") == value else now}
         if kind in ("ContainersReady", "Ready") and value == "False":
             not_ready = [c.name for c in containers if not c.ready]
-            cond["reason"] = "ContainersNotReady" if not failed else "PodFailed"
-            cond["message"] = f"containers with unready status: [{' '.join(not_ready)}]" if not_ready else ""
+            if kind == "Ready" and ready and not failed:  # the containers are ready, a gate is not
+                cond["reason"], cond["message"] = "ReadinessGatesNotReady", ", ".join(gates_unready)
+            else:
+                cond["reason"] = "ContainersNotReady" if not failed else "PodFailed"
+                cond["message"] = f"containers with unready status: [{' '.join(not_ready)}]" if not_ready else ""
         conditions.append(cond)
     status = {
         "phase": phase,

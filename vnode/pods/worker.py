@@ -96,6 +96,10 @@ class PodWorker:
         self.pod = pod
         if pod["metadata"].get("deletionTimestamp"):
             self.deleting.set()
+        elif self.views and (pod.get("spec") or {}).get("readinessGates"):
+            # Another writer may have set a gate's condition: Ready is re-evaluated (the
+            # status manager patches only if that changed anything).
+            self.publish()
 
     def object_deleted(self) -> None:
         self.gone = True

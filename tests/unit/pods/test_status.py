@@ -63,3 +63,28 @@ def test_evicted_pod_is_failed_with_a_disruption_target_condition():
     targets = [c for c in again["conditions"] if c["type"] == "DisruptionTarget"]
     assert len(targets) == 1 and targets[0]["lastTransitionTime"] == "2026-01-01T00:00:02Z"
     assert not any(c["type"] == "DisruptionTarget" for c in status(running, failed=("InsufficientMemory", "x"))["conditions"])
+
+
+def _gated(*gate_conditions: dict) -> dict:
+    return {**POD, "spec": {"readinessGates": [{"conditionType": "example.com/lb"}]},
+            "status": {"conditions": [*POD["status"]["conditions"], *gate_conditions]}}
+
+
+def _ready_view() -> ContainerView:
+    return ContainerView(name="server", image="img", state={"running": {"startedAt": "x"}}, ready=True, started=True)
+
+
+def test_a_missing_readiness_gate_keeps_ready_false_with_the_kubelets_reason():
+    s = pod_status(_gated(), [_ready_view()], pod_ip="198.18.0.2", start_time="t", now="t")
+    ready = next(c for c in s["conditions"] if c["type"] == "Ready")
+    assert conds(s)["ContainersReady"] == "True" and ready["status"] == "False"
+    assert ready["reason"] == "ReadinessGatesNotReady"
+    assert ready["message"] == 'corresponding condition of pod readiness gate "example.com/lb" does not exist.'
+
+
+def test_a_false_gate_is_named_and_a_true_one_makes_the_pod_ready():
+    false = pod_status(_gated({"type": "example.com/lb", "status": "False"}), [_ready_view()], pod_ip="x", start_time="t", now="t")
+    ready = next(c for c in false["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == 'the status of pod readiness gate "example.com/lb" is not "True", but False'
+    true = pod_status(_gated({"type": "example.com/lb", "status": "True"}), [_ready_view()], pod_ip="x", start_time="t", now="t")
+    assert conds(true)["Ready"] == "True" and conds(true)["example.com/lb"] == "True"

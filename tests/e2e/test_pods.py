@@ -379,3 +379,21 @@ def test_readiness_gate_set_by_another_writer_makes_the_pod_ready(cluster, ns):
                     "-p", json.dumps(patch))
     ready = wait_for(lambda: pod_ready(cluster, ns, "gated"), timeout=20, what="Ready once the gate is True")
     assert {c["type"]: c["status"] for c in ready["status"]["conditions"]}["example.com/load-balancer"] == "True"
+
+
+def test_active_deadline_can_be_shortened_while_running(cluster, ns):
+    """As the kubelet: activeDeadlineSeconds counts from startTime, an update takes effect
+    on the running pod, and the pod ends Failed with reason DeadlineExceeded."""
+    template = deployment("bounded", port=8107)["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bounded", "labels": {"app": "bounded"}},
+           "spec": {**template["spec"], "activeDeadlineSeconds": 3600, "restartPolicy": "Always"}}
+    apply(cluster, ns, pod)
+    wait_for(lambda: pod_ready(cluster, ns, "bounded"), timeout=240, what="Ready")
+    pid = server_pid(8107)
+    cluster.kubectl("patch", "pod", "bounded", "-n", ns, "--type=merge", "-p", json.dumps({"spec": {"activeDeadlineSeconds": 5}}))
+    failed = wait_for(lambda: (p := pods(cluster, ns, "bounded")[0])["status"].get("phase") == "Failed" and p,
+                      timeout=30, what="Failed after the shortened deadline")
+    assert failed["status"]["reason"] == "DeadlineExceeded", failed["status"]
+    assert "longer than the specified deadline" in failed["status"]["message"]
+    wait_for(lambda: server_pid(8107) is None, timeout=15, what="the server stopped")
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

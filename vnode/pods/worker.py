@@ -10,6 +10,7 @@ user may ask about leaves a container state reason, a message and an Event.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import logging
 import time
@@ -88,12 +89,15 @@ class PodWorker:
         self.gone = False  # the Pod object no longer exists
         self.done = asyncio.Event()
         self.terminal = terminal  # finished before this agent saw it: only the deletion is left
+        self.updated = asyncio.Event()  # set on every update from the API server
+        self._loops: list[asyncio.Task] = []  # the container loops, while they run
         status = pod.get("status") or {}
         self.start_time = status.get("startTime") or now_rfc3339()
 
     # -- from the controller -------------------------------------------------------------
     def update(self, pod: dict) -> None:
         self.pod = pod
+        self.updated.set()
         if pod["metadata"].get("deletionTimestamp"):
             self.deleting.set()
         elif self.views and (pod.get("spec") or {}).get("readinessGates"):
@@ -119,20 +123,22 @@ class PodWorker:
 
     # -- from the eviction manager --------------------------------------------------------
     async def evict(self, message: str, *, grace: float) -> None:
-        """Node-pressure eviction (eviction.py): the pod fails with reason Evicted, its
-        containers stop within `grace` and never restart, and the worker stays until the
-        pod is deleted: the kubelet does not delete an evicted pod, its controller (a
-        ReplicaSet, say) replaces it. Memory budget and ports are given back at once, so
-        that replacement can be admitted on this node."""
+        """Node-pressure eviction (eviction.py): the pod fails with reason Evicted. The
+        kubelet does not delete an evicted pod, its controller (a ReplicaSet, say) replaces
+        it; budget and ports are given back at once so that replacement fits here."""
+        await self.fail(EVICTED, message, grace=grace)
+
+    async def fail(self, reason: str, message: str, *, grace: float) -> None:
+        """End the pod as Failed with `reason` (eviction, active deadline): its containers
+        stop within `grace` and never restart, and the worker stays until the pod is
+        deleted."""
         if self.failed is not None or self.deleting.is_set():
             return
-        self.failed = (EVICTED, message)
-        await self.event("Warning", EVICTED, message)
-        # The container loops go first, as on deletion, so nothing restarts or starts: they
-        # are the tasks `_live` named after the containers; it sees `failed` and waits for
-        # the deletion.
-        names = {f"container {self.ref}/{name}" for name in self.runners}
-        loops = [t for t in asyncio.all_tasks() if t.get_name() in names]
+        self.failed = (reason, message)
+        await self.event("Warning", reason, message)
+        # The container loops go first, as on deletion, so nothing restarts or starts;
+        # `_live` sees `failed` and waits for the deletion.
+        loops = list(self._loops)
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
@@ -141,7 +147,24 @@ class PodWorker:
         self.ctx.ports.release_pod(self.uid)
         self.publish()
         await self.ctx.status.flush(self.uid)
-        log.info("pod %s evicted (grace period %.0fs): %s", self.ref, grace, message)
+        log.info("pod %s failed with %s (grace period %.0fs): %s", self.ref, reason, grace, message)
+
+    async def _active_deadline(self, spec: PodSpecIn) -> None:
+        """spec.activeDeadlineSeconds, counted from the pod's startTime as the kubelet
+        does; the field may be updated (shortened) while the pod runs."""
+        started = dt.datetime.fromisoformat(self.start_time.replace("Z", "+00:00")).timestamp()
+        while True:
+            deadline = (self.pod.get("spec") or {}).get("activeDeadlineSeconds")
+            left = None if deadline is None else started + float(deadline) - time.time()
+            if left is not None and left <= 0:
+                await self.fail("DeadlineExceeded", "Pod was active on the node longer than the specified deadline",
+                                grace=self._grace(spec))
+                return
+            self.updated.clear()
+            try:
+                await asyncio.wait_for(self.updated.wait(), left)
+            except asyncio.TimeoutError:
+                pass
 
     # -- the pod's life ------------------------------------------------------------------
     async def run(self) -> None:
@@ -184,6 +207,8 @@ class PodWorker:
         for container in spec.containers:
             self.runners[container.name] = ContainerRunner(self, spec, container, adopted=self.adopted.get(container.name))
         tasks = [asyncio.create_task(r.run(), name=f"container {self.ref}/{n}") for n, r in self.runners.items()]
+        self._loops = tasks
+        deadline = asyncio.create_task(self._active_deadline(spec), name=f"deadline {self.ref}")
         deleting = asyncio.create_task(self.deleting.wait())
         try:
             while True:
@@ -199,9 +224,11 @@ class PodWorker:
                 tasks = [t for t in tasks if not t.done()]
         finally:
             deleting.cancel()
+            deadline.cancel()
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(deadline, *tasks, return_exceptions=True)
+            self._loops = []
         await self._finish(list(self.runners.values()), grace=self._grace(spec))
 
     def _grace(self, spec: PodSpecIn) -> float:

@@ -28,7 +28,7 @@ from vnode.metrics import probe_registry, registry
 from vnode.node.controller import NodeController
 from vnode.node.lease import LeaseController
 from vnode.node.registration import TakeoverRefused
-from vnode.node import certs
+from vnode.node import certs, client_certs, identity
 from vnode.node.budget import allocatable_memory
 from vnode.node.status import NodeIdentity
 from vnode.pods.admission import MemoryBudget, PortRegistry
@@ -112,6 +112,7 @@ def public_config(settings: Settings) -> dict:
         "authentication": {"anonymous": {"enabled": settings.anonymous_auth}, "webhook": {"enabled": True},
                            "x509": {"clientCAFile": str(settings.client_ca_file or "")}},
         "authorization": {"mode": "Webhook"},
+        "rotateCertificates": settings.rotate_certificates,
         "evictionHard": parse_statements(settings.eviction_hard, sep="<"),
         "evictionSoft": parse_statements(settings.eviction_soft, sep="<"),
         "evictionSoftGracePeriod": parse_statements(settings.eviction_soft_grace_period, sep="="),
@@ -119,7 +120,8 @@ def public_config(settings: Settings) -> dict:
         "evictionPressureTransitionPeriod": format_duration(settings.eviction_pressure_transition_period),
         "evictionMaxPodGracePeriod": settings.eviction_max_pod_grace_period,
         "vnode": {"memoryFraction": settings.memory_fraction, "offline": settings.offline,
-                  "allowExecProbes": settings.allow_exec_probes, "registerTaint": settings.register_taint},
+                  "allowExecProbes": settings.allow_exec_probes, "registerTaint": settings.register_taint,
+                  "requireNodeIdentity": settings.require_node_identity},
     }
 
 
@@ -220,6 +222,18 @@ async def run_agent(settings: Settings) -> int:
         await node.registered.wait()
         await serve_kubelet_api(settings, api, api_ctx, serving)
 
+    identity_checked = asyncio.Event()
+
+    async def identity_check() -> None:
+        await identity.check(api, node_name=settings.node_name, kubeconfig=str(settings.kubeconfig),
+                             require=settings.require_node_identity)
+        identity_checked.set()
+
+    async def node_status() -> None:
+        if settings.require_node_identity:  # nothing is written to the cluster as someone else
+            await identity_checked.wait()
+        await node.run()
+
     async def pod_layer() -> None:
         await node.registered.wait()
         await pods.run()
@@ -248,14 +262,18 @@ async def run_agent(settings: Settings) -> int:
     try:
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(node.run(), name="node-status")
+                tasks.create_task(identity_check(), name="identity-check")
+                tasks.create_task(node_status(), name="node-status")
                 tasks.create_task(heartbeat(), name="lease")
                 tasks.create_task(status.run(), name="pod-status")
                 tasks.create_task(pod_layer(), name="pods")
                 tasks.create_task(evictions(), name="eviction")
                 tasks.create_task(kubelet_api(), name="kubelet-api")
                 tasks.create_task(models.watch_size(), name="model-store-size")
-        except* (TakeoverRefused, ServingError) as group:
+                if settings.rotate_certificates:
+                    tasks.create_task(client_certs.keep_fresh(api, node_name=settings.node_name, cert_dir=settings.state_dir / "pki"),
+                                      name="client-certificate")
+        except* (TakeoverRefused, ServingError, identity.IdentityRefused) as group:
             refused.extend(group.exceptions)
     except asyncio.CancelledError:
         if not stopping.is_set():
@@ -271,6 +289,6 @@ async def run_agent(settings: Settings) -> int:
             await api.close()
     if refused:
         log.error("%s", refused[0])
-        return EXIT_CONFIG if isinstance(refused[0], ServingError) else EXIT_REFUSED
+        return EXIT_CONFIG if isinstance(refused[0], ServingError | identity.IdentityRefused) else EXIT_REFUSED
     log.info("vnode stopped")
     return 0

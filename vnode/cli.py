@@ -51,6 +51,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         run.add_argument(flag_name(flag), dest=flag, action="store_true", default=None, help=fields[flag].description)
     run.add_argument("--anonymous-auth", dest="anonymous_auth", action="store_true", default=None,
                      help=fields["anonymous_auth"].description)
+    run.add_argument("--rotate-certificates", dest="rotate_certificates", action=argparse.BooleanOptionalAction, default=None,
+                     help=fields["rotate_certificates"].description + " (default: on)")
+    run.add_argument("--require-node-identity", dest="require_node_identity", action="store_true", default=None,
+                     help=fields["require_node_identity"].description)
     run.add_argument("--allow-exec-probes", dest="allow_exec_probes", action="store_true", default=None,
                      help=fields["allow_exec_probes"].description)
 

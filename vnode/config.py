@@ -99,6 +99,16 @@ class Settings(BaseSettings):
     client_ca_file: Path | None = Field(default=None, description="CA for client certificates on the kubelet API (the API server's kubelet-client)")
     enable_exec: bool = Field(default=True, description="serve kubectl exec (runs commands on this machine as vnode's user; RBAC pods/exec still applies)")
     anonymous_auth: bool = Field(default=False, description="let unauthenticated requests through to authorization as system:anonymous")
+    rotate_certificates: bool = Field(
+        default=True,
+        description="renew the node's client certificate through a CSR at 70 to 90 percent of its life, as the kubelet's "
+                    "--rotate-certificates (when the kubeconfig authenticates as system:node:<node-name> with a certificate)",
+    )
+    require_node_identity: bool = Field(
+        default=False,
+        description="refuse to start (exit 2) unless the kubeconfig authenticates as system:node:<node-name> in group "
+                    "system:nodes (checked with a SelfSubjectReview); without it a wrong identity is a warning",
+    )
     log_dir: Path | None = Field(default=None, description="also write vnode.log (rotated) here; served read-only on the kubelet API's /logs/")
     log_format: Literal["text", "json"] = Field(default="text", description="log lines as text or JSON")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")

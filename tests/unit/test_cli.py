@@ -68,3 +68,14 @@ def test_config_file_errors_name_the_file(tmp_path):
     typo.write_text("memroy_fraction: 0.5\n")
     with pytest.raises(SettingsError, match="unknown setting 'memroy_fraction'"):
         load_settings(BASE, config_file=typo)
+
+
+def test_credential_flags_reach_the_settings():
+    from vnode.cli import build_parser
+
+    args = vars(build_parser().parse_args(["run", "--kubeconfig=/tmp/k", "--host-ip=198.18.0.2",
+                                           "--require-node-identity", "--no-rotate-certificates"]))
+    s = load_settings({k: v for k, v in args.items() if k not in ("command", "config")})
+    assert s.require_node_identity is True and s.rotate_certificates is False
+    defaults = load_settings(BASE)
+    assert defaults.require_node_identity is False and defaults.rotate_certificates is True

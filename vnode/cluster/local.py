@@ -32,6 +32,7 @@ from vnode.cluster.processes import Proc
 SERVICE_CIDR = "198.19.0.0/16"
 SERVICE_IP = "198.19.0.1"
 NODE_MONITOR_GRACE = "20s"
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
 
 class ClusterError(RuntimeError):
@@ -100,10 +101,12 @@ class ClusterState:
 class LocalCluster:
     """Start, use and stop one local control plane rooted at `directory`."""
 
-    def __init__(self, directory: Path, *, node_name: str = "mac", metrics: bool = True) -> None:
+    def __init__(self, directory: Path, *, node_name: str = "mac", metrics: bool = True,
+                 signing_duration: str | None = None) -> None:
         self.dir = directory.resolve()
         self.node_name = node_name
         self.metrics = metrics
+        self.signing_duration = signing_duration  # --cluster-signing-duration (e.g. "3m"); None: the default, a year
         self.state: ClusterState | None = ClusterState.load(self.dir)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -217,6 +220,7 @@ class LocalCluster:
             f"--service-account-private-key-file={certs.service_account.key}",
             f"--root-ca-file={certs.ca.cert}",
             f"--cluster-signing-cert-file={certs.ca.cert}", f"--cluster-signing-key-file={certs.ca.key}",
+            *([f"--cluster-signing-duration={self.signing_duration}"] if self.signing_duration else []),
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--node-monitor-grace-period={NODE_MONITOR_GRACE}", "--node-monitor-period=2s",
             "--profiling=false", "--v=1",
@@ -228,6 +232,7 @@ class LocalCluster:
             "--leader-elect=false", "--profiling=false", "--v=1",
         ], logs)
         self._wait_for_defaults(bins, admin, timeout=timeout)
+        self._apply_node_rbac(bins, admin)
         if self.metrics:
             self._start_metrics_server(bins, host, certs, logs, timeout=timeout)
         self.state.save()
@@ -313,6 +318,14 @@ class LocalCluster:
                     raise ClusterError(f"{name} exited during start-up; last lines of {proc.log}:\n{proc.log_tail()}")
             time.sleep(0.5)
         raise ClusterError(f"the controller manager did not create the default ServiceAccount within {timeout:.0f}s")
+
+    def _apply_node_rbac(self, bins: Binaries, admin: Path) -> None:
+        """What a node needs beyond the API server's defaults: renewing its client certificate."""
+        manifest = MANIFESTS / "node-client-rotation-rbac.yaml"
+        done = subprocess.run([str(bins.kubectl), f"--kubeconfig={admin}", "apply", "-f", str(manifest)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ClusterError(f"`kubectl apply -f {manifest}` failed: {done.stderr.strip()}")
 
     def _proc(self, name: str) -> Proc:
         assert self.state is not None

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from vnode.files import replace_private
+
 VALIDITY = dt.timedelta(days=365)
 
 
@@ -33,10 +35,9 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _write_key(key, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    path.chmod(0o600)
+    """Owner-only from its creation (a re-issued key replaces the old file in one rename)."""
+    replace_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
 
 
 def _write_cert(cert: x509.Certificate, path: Path) -> None:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from vnode.files import replace_private
 from vnode.kubeclient import ApiError, KubeClient
 from vnode.node.client import Backoff, Outage, explain, is_transient
 
@@ -48,7 +49,7 @@ class CertificateDenied(RuntimeError):
     pass
 
 
-def _subject(node_name: str) -> x509.Name:
+def node_subject(node_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
                       x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node_name}")])
 
@@ -91,7 +92,7 @@ def self_signed(directory: Path, *, node_name: str, host_ip: str, renew: bool = 
     key = _key(key_path, fresh=renew)
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
-        x509.CertificateBuilder().subject_name(_subject(node_name)).issuer_name(_subject(node_name))
+        x509.CertificateBuilder().subject_name(node_subject(node_name)).issuer_name(node_subject(node_name))
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365))
         .add_extension(_sans(node_name, host_ip), critical=False)
@@ -103,13 +104,16 @@ def self_signed(directory: Path, *, node_name: str, host_ip: str, renew: bool = 
 
 
 def _install(key: ec.EllipticCurvePrivateKey, cert_pem: bytes, cert_path: Path, key_path: Path) -> None:
-    """Write key and certificate through temporary files and renames: never half a pair on disk."""
-    key_tmp, cert_tmp = key_path.with_suffix(".key.tmp"), cert_path.with_suffix(".crt.tmp")
-    key_tmp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    key_tmp.chmod(0o600)
+    """Write key and certificate through temporary files and renames: never half a pair on disk.
+    The key's file is owner-only from its creation (files.replace_private)."""
+    replace_private(key_path, private_pem(key))
+    cert_tmp = cert_path.with_suffix(".crt.tmp")
     cert_tmp.write_bytes(cert_pem)
-    os.replace(key_tmp, key_path)
     os.replace(cert_tmp, cert_path)
+
+
+def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 async def from_csr(api: KubeClient, directory: Path, *, node_name: str, host_ip: str, poll: float = 2.0,
@@ -122,23 +126,38 @@ async def from_csr(api: KubeClient, directory: Path, *, node_name: str, host_ip:
         return cert_path, key_path
     key = await asyncio.to_thread(_key, key_path, fresh=renew)
     csr = (
-        x509.CertificateSigningRequestBuilder().subject_name(_subject(node_name))
+        x509.CertificateSigningRequestBuilder().subject_name(node_subject(node_name))
         .add_extension(_sans(node_name, host_ip), critical=False).sign(key, hashes.SHA256())
     )
     pem = csr.public_bytes(serialization.Encoding.PEM)
     name = f"vnode-serving-{node_name}-{hashlib.sha256(pem).hexdigest()[:8]}"
+    issued = await request_certificate(
+        api, name=name, request_pem=pem, signer="kubernetes.io/kubelet-serving",
+        usages=["digital signature", "server auth"], what="serving certificate", poll=poll,
+        hint=lambda: f"the kubelet API waits for its serving certificate: approve it with `kubectl certificate approve {name}`",
+    )
+    await asyncio.to_thread(_install, key, issued, cert_path, key_path)
+    return cert_path, key_path
+
+
+async def request_certificate(api: KubeClient, *, name: str, request_pem: bytes, signer: str, usages: list[str], what: str,
+                              hint: Callable[[], str], hint_after: float = 0.0, poll: float = 2.0) -> bytes:
+    """Create the CertificateSigningRequest `name` and wait until it is issued; the PEM.
+
+    Shared by the serving certificate and the node's client certificate (client_certs.py).
+    Waiting may take days: the API server going away meanwhile is retried (one log line per
+    distinct problem), a CSR deleted or cleaned up unapproved is asked for again, and only a
+    refusal that retrying cannot fix (denied, forbidden) ends the wait, as CertificateDenied.
+    `hint` (what to do about a CSR nobody approves) is logged after `hint_after` seconds and
+    then every HINT_EVERY."""
     body = {
         "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": name},
-        "spec": {"request": base64.b64encode(pem).decode(), "signerName": "kubernetes.io/kubelet-serving",
-                 "usages": ["digital signature", "server auth"]},
+        "spec": {"request": base64.b64encode(request_pem).decode(), "signerName": signer, "usages": usages},
     }
-    # Waiting may take days: the API server going away meanwhile is retried (one log line per
-    # distinct problem), a CSR deleted or cleaned up unapproved is asked for again, and only a
-    # refusal that retrying cannot fix (denied, forbidden) ends the wait.
-    outage, backoff = Outage(log, "serving certificate request"), Backoff(cap=30.0)
+    outage, backoff = Outage(log, f"{what} request"), Backoff(cap=30.0)
     created = False
-    hinted = -HINT_EVERY
     loop = asyncio.get_running_loop()
+    hinted = loop.time() + hint_after - HINT_EVERY
     while True:
         try:
             if not created:
@@ -151,11 +170,11 @@ async def from_csr(api: KubeClient, directory: Path, *, node_name: str, host_ip:
             current = await api.get(f"{CSRS}/{name}")
         except Exception as exc:  # noqa: BLE001 - sorted into retry or refusal below
             if isinstance(exc, ApiError) and exc.status == 404 and created:
-                log.warning("serving certificate request %s is gone (deleted, or cleaned up unapproved); asking again", name)
+                log.warning("%s request %s is gone (deleted, or cleaned up unapproved); asking again", what, name)
                 created = False
                 continue
             if not is_transient(exc):
-                raise CertificateDenied(f"cannot request a serving certificate: {explain(exc, server=api.server)}") from None
+                raise CertificateDenied(f"cannot request a {what}: {explain(exc, server=api.server)}") from None
             delay = backoff.next_delay()
             outage.failed(explain(exc, server=api.server), retry_in=delay)
             await asyncio.sleep(delay)
@@ -165,13 +184,12 @@ async def from_csr(api: KubeClient, directory: Path, *, node_name: str, host_ip:
         status = current.get("status") or {}
         for cond in status.get("conditions") or []:
             if cond.get("type") in ("Denied", "Failed") and cond.get("status", "True") == "True":
-                raise CertificateDenied(f"serving certificate request {name} was {cond['type'].lower()}: {cond.get('message', '')}")
+                raise CertificateDenied(f"{what} request {name} was {cond['type'].lower()}: {cond.get('message', '')}")
         if status.get("certificate"):
-            await asyncio.to_thread(_install, key, base64.b64decode(status["certificate"]), cert_path, key_path)
-            log.info("serving certificate issued (CSR %s)", name)
-            return cert_path, key_path
+            log.info("%s issued (CSR %s)", what, name)
+            return base64.b64decode(status["certificate"])
         if loop.time() - hinted >= HINT_EVERY:
-            log.warning("the kubelet API waits for its serving certificate: approve it with `kubectl certificate approve %s`", name)
+            log.warning("%s", hint())
             hinted = loop.time()
         await asyncio.sleep(poll)
 
@@ -222,7 +240,7 @@ async def keep_fresh(ctx: ssl.SSLContext, cert: Path, key: Path, *, renew: Renew
             not_before = not_after = _now()
         deadline = rotation_deadline(not_before, not_after)
         log.debug("serving certificate valid until %s; rotation at %s", not_after.isoformat(), deadline.isoformat())
-        await _sleep_until(deadline)
+        await sleep_until(deadline)
         log.info("serving certificate: %s of its life used; requesting a new one",
                  "all" if _now() >= not_after else f"{(_now() - not_before) / (not_after - not_before):.0%}")
         try:
@@ -280,7 +298,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-async def _sleep_until(when: dt.datetime) -> None:
+async def sleep_until(when: dt.datetime) -> None:
     """In steps of at most an hour, so a suspended laptop or a changed clock is noticed."""
     while (left := (when - _now()).total_seconds()) > 0:
         await asyncio.sleep(min(left, 3600.0))

@@ -13,7 +13,7 @@ import ssl
 
 import aiohttp
 
-from vnode.kubeclient import REQUEST_TIMEOUT, ApiError
+from vnode.kubeclient import REQUEST_TIMEOUT, ApiError, ExecPluginError
 
 
 def explain(exc: BaseException, *, server: str) -> str:
@@ -27,6 +27,8 @@ def explain(exc: BaseException, *, server: str) -> str:
         if exc.status == 403:
             return f"forbidden by the API server (403): {exc.message}"
         return f"API server answered {exc.status} {exc.reason}: {exc.message}"
+    if isinstance(exc, ExecPluginError):
+        return f"no credentials for the API server at {server}: {exc}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return f"TLS verification of the API server at {server} failed: {exc.certificate_error}"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -39,8 +41,11 @@ def explain(exc: BaseException, *, server: str) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: network trouble, timeouts, 5xx, 429, and 401 (credentials
-    may be rotated underneath us). 4xx other than those mean our request is wrong."""
+    """Errors worth retrying: network trouble, timeouts, 5xx, 429, 401 (credentials may be
+    rotated underneath us) and a failed exec credential plugin (its identity provider may be
+    away). 4xx other than those mean our request is wrong."""
+    if isinstance(exc, ExecPluginError):
+        return True
     if isinstance(exc, ApiError):
         return exc.status >= 500 or exc.status in (401, 408, 429)
     return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ssl.SSLError, OSError))

@@ -45,6 +45,7 @@ from vnode.provider.models import ModelStore
 from vnode.provider.serverbin import find_llama_server
 from vnode.provider.supervisor import Supervisor
 from vnode.provider.translate import default_runtime_table
+from vnode.status import file as status_file
 
 log = logging.getLogger("vnode.agent")
 
@@ -218,6 +219,14 @@ async def run_agent(settings: Settings) -> int:
                          running=pods.running_instances, state_dir=settings.state_dir, store_usage=models.disk_usage,
                          exec_enabled=settings.enable_exec)
 
+    def agent_status() -> status_file.AgentStatus:
+        return status_file.AgentStatus(
+            pid=os.getpid(), version=__version__, node_name=settings.node_name,
+            budget_total=ctx.budget.total, budget_used=ctx.budget.used,
+            holdings=[status_file.Holding(pod_uid=uid, container=c, bytes=n) for (uid, c), n in sorted(ctx.budget.holdings().items())],
+            downloads=[status_file.Download(model=k, done=d, total=t) for k, (d, t) in sorted(models.progress().items())],
+        )
+
     async def kubelet_api() -> None:
         await node.registered.wait()
         await serve_kubelet_api(settings, api, api_ctx, serving)
@@ -270,6 +279,7 @@ async def run_agent(settings: Settings) -> int:
                 tasks.create_task(evictions(), name="eviction")
                 tasks.create_task(kubelet_api(), name="kubelet-api")
                 tasks.create_task(models.watch_size(), name="model-store-size")
+                tasks.create_task(status_file.keep_written(settings.state_dir, agent_status), name="status-file")
                 if settings.rotate_certificates:
                     tasks.create_task(client_certs.keep_fresh(api, node_name=settings.node_name, cert_dir=settings.state_dir / "pki"),
                                       name="client-certificate")

@@ -1,4 +1,4 @@
-"""`vnode run | demo | doctor | version | cluster up|down|status` — wiring only.
+"""`vnode run | join | service | doctor | status | demo | version | cluster up|down|status` — wiring only.
 
 Argument errors exit 2 with one line naming the flag (argparse's own convention);
 everything else is delegated to the agent or the local cluster.
@@ -10,8 +10,11 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from vnode import __version__
 from vnode.config import Settings, SettingsError, flag_name, load_settings
@@ -27,7 +30,12 @@ def _label(text: str) -> tuple[str, str]:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    run = sub.add_parser("run", help="register this machine as a node and serve its pods")
+    _run_options(sub.add_parser("run", help="register this machine as a node and serve its pods"))
+
+
+def _run_options(run: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The flags of `vnode run` (also taken by `vnode service install`); returns their actions."""
+    first = len(run._actions)
     fields = Settings.model_fields
     run.add_argument("--config", type=Path, default=os.environ.get("VNODE_CONFIG"), help="YAML config file (VNODE_CONFIG)")
     for name in ("kubeconfig", "node_name", "host_ip", "kubelet_port", "memory_fraction", "max_pods", "state_dir",
@@ -57,15 +65,82 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                      help=fields["require_node_identity"].description)
     run.add_argument("--allow-exec-probes", dest="allow_exec_probes", action="store_true", default=None,
                      help=fields["allow_exec_probes"].description)
+    return run._actions[first:]
+
+
+_PATH_SETTINGS = {name for name, f in Settings.model_fields.items() if "Path" in str(f.annotation)} | {"config"}
+
+
+def run_arguments(args: argparse.Namespace) -> list[str]:
+    """The `vnode run` flags that were given, spelled out again with paths made absolute
+    (a launchd job starts elsewhere, with nothing from this shell)."""
+    out: list[str] = []
+    for action in _run_options(argparse.ArgumentParser(add_help=False)):
+        value = getattr(args, action.dest, None)
+        if value is None or not action.option_strings:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            out.append(flag if value else "--no-" + flag[2:])
+        elif action.nargs == 0:
+            out.append(flag)
+        elif isinstance(value, list):
+            out.extend(f"{flag}={k}={v}" for k, v in value)
+        else:
+            text = str(Path(value).expanduser().absolute()) if action.dest in _PATH_SETTINGS else str(value)
+            out.append(f"{flag}={text}")
+    return out
+
+
+def _add_service(sub: argparse._SubParsersAction) -> None:
+    service = sub.add_parser("service", help="run `vnode run` as a launchd service (LaunchAgent, or LaunchDaemon with --system)")
+    ssub = service.add_subparsers(dest="service_command", required=True, metavar="ACTION")
+    install = ssub.add_parser("install", help="install and start the service with these `vnode run` settings (idempotent)")
+    _run_options(install)
+    for action, text in (("uninstall", "stop and remove the service"), ("status", "show whether the service runs")):
+        p = ssub.add_parser(action, help=text)
+        if action == "status":
+            p.add_argument("--json", action="store_true", help="print JSON")
+    for p in (install, *(ssub.choices[a] for a in ("uninstall", "status"))):
+        p.add_argument("--system", action="store_true",
+                       help="a LaunchDaemon (at boot, as an unprivileged account; needs root) instead of the user's LaunchAgent")
+    install.add_argument("--user", default=None, help="account the LaunchDaemon runs as (default: _vnode)")
+
+
+def _add_join(sub: argparse._SubParsersAction) -> None:
+    join = sub.add_parser("join", help="join this machine to a cluster with a bootstrap token, as `kubeadm join`")
+    join.add_argument("server", metavar="API_SERVER", help="the API server, https://HOST:PORT")
+    join.add_argument("--token", required=True, help="bootstrap token <id>.<secret> (`kubeadm token create`)")
+    join.add_argument("--discovery-token-ca-cert-hash", dest="ca_cert_hashes", action="append", default=[], metavar="sha256:HEX",
+                      help="pin the cluster CA by the SHA-256 of its public key (repeatable)")
+    join.add_argument("--discovery-token-unsafe-skip-ca-verification", dest="unsafe_skip_ca", action="store_true",
+                      help="trust the CA the token-signed cluster-info names without a pin")
+    join.add_argument("--node-name", default=None, help="name of the Node (default: the hostname)")
+    join.add_argument("--host-ip", default=None, help="the node's InternalIP for `vnode run` (default: the address on the route to the API server)")
+    join.add_argument("--state-dir", type=Path, default=None, help="where `vnode run` keeps its state; the certificate goes to its pki/")
+    join.add_argument("--kubeconfig-out", type=Path, default=None, help="where the node kubeconfig is written (default: STATE_DIR/kubeconfig)")
+    join.add_argument("--no-service", dest="service", action="store_false", help="do not install the launchd service (`vnode service install`) that runs the node")
+    join.add_argument("--discovery-timeout", type=float, default=60.0, metavar="SECONDS",
+                      help="how long to wait for cluster-info and its signature (default: 60)")
+    join.add_argument("--tls-bootstrap-timeout", type=float, default=300.0, metavar="SECONDS",
+                      help="how long to wait for the client certificate (default: 300)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vnode", description="An Apple Silicon Mac as a Kubernetes node.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
+    _add_join(sub)
+    _add_service(sub)
     sub.add_parser("version", help="print the version")
-    doctor = sub.add_parser("doctor", help="show what vnode sees on this machine and check that llama-server runs here")
-    doctor.add_argument("--llama-server", type=Path, default=None, help="the server binary to check (default: as `vnode run` finds it)")
+    doctor = sub.add_parser("doctor", help="check this machine and the settings `vnode run` would use: one pass/fail line each")
+    _run_options(doctor)
+    doctor.add_argument("--json", action="store_true", help="print JSON")
+    doctor.add_argument("--system", action="store_true", help="the LaunchDaemon's settings and state, not the LaunchAgent's")
+    status = sub.add_parser("status", help="the node, its pods (port, phase, memory, restarts), the budget and the model store")
+    _run_options(status)
+    status.add_argument("--json", action="store_true", help="print JSON (the default when not on a terminal)")
+    status.add_argument("--system", action="store_true", help="the LaunchDaemon's settings, not the LaunchAgent's")
     demo = sub.add_parser("demo", help="start a local cluster, join this machine as a node, show it")
     demo.add_argument("--dir", type=Path, default=DEFAULT_CLUSTER_DIR, help="cluster directory")
     cluster = sub.add_parser("cluster", help="a local control plane built from source (no Docker)")
@@ -89,10 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         return _run(parser, args)
+    if args.command == "join":
+        return _join(args)
+    if args.command == "service":
+        return _service(args)
     if args.command == "doctor":
-        from vnode.doctor import doctor
-
-        return doctor(args.llama_server)
+        return _doctor(args)
+    if args.command == "status":
+        return _status(args)
     if args.command == "demo":
         from vnode.demo import demo
 
@@ -103,12 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     if overrides.get("labels") is not None:
         overrides["labels"] = dict(overrides["labels"])
+    return load_settings(overrides, config_file=args.config)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(overrides, config_file=args.config)
+        settings = _settings(args)
     except SettingsError as exc:
         print(f"vnode run: error: {exc}", file=sys.stderr)
         return 2
@@ -123,6 +206,128 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     finally:
         if listener is not None:
             listener.stop()
+
+
+def _join(args: argparse.Namespace) -> int:
+    from vnode.config import DNS1123_SUBDOMAIN, default_node_name, default_state_dir
+    from vnode.join import command, discovery
+
+    try:
+        server, token = discovery.parse_server(args.server), discovery.parse_token(args.token)
+        pins = discovery.parse_pins(args.ca_cert_hashes)
+        node_name = args.node_name or default_node_name()
+        if not DNS1123_SUBDOMAIN.match(node_name) or len(node_name) > 253:
+            raise discovery.JoinInputError(f"--node-name: {node_name!r} is not a valid Node name (a lowercase DNS subdomain)")
+        if not pins and not args.unsafe_skip_ca:
+            raise discovery.JoinInputError(
+                "--discovery-token-ca-cert-hash: required; token discovery without pinning the cluster CA trusts whoever "
+                "answers at the address (the hash is printed by `kubeadm init` and `vnode cluster up`); "
+                "--discovery-token-unsafe-skip-ca-verification goes on without it")
+        for flag, value in (("--discovery-timeout", args.discovery_timeout), ("--tls-bootstrap-timeout", args.tls_bootstrap_timeout)):
+            if not value > 0:
+                raise discovery.JoinInputError(f"{flag}: must be a positive number of seconds, got {value}")
+        state_dir = (args.state_dir or default_state_dir()).expanduser().absolute()
+        options = command.JoinOptions(
+            server=server, token=token, pins=pins, node_name=node_name,
+            host_ip=command.validate_host_ip(args.host_ip) if args.host_ip else None, state_dir=state_dir,
+            kubeconfig=(args.kubeconfig_out or state_dir / "kubeconfig").expanduser().absolute(), service=args.service,
+            discovery_timeout=args.discovery_timeout, bootstrap_timeout=args.tls_bootstrap_timeout,
+        )
+    except discovery.JoinInputError as exc:
+        print(f"vnode join: error: {exc}", file=sys.stderr)
+        return 2
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="vnode join: %(message)s", stream=sys.stderr)
+    try:
+        return asyncio.run(command.join(options))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _effective(args: argparse.Namespace) -> tuple[Callable[[str], Any], str]:
+    """The `vnode run` settings to look at: the flags given, else the installed service's,
+    else the defaults; a reader of one setting and where they came from. Settings `vnode run`
+    would refuse are still read one by one, so the rest can be checked."""
+    from vnode.service import command as service
+    from vnode.service.launchd import installed_program
+
+    source = "the flags given"
+    if not run_arguments(args):
+        where = service.layout(system=args.system)
+        program = installed_program(where)
+        if program is not None:
+            run = argparse.ArgumentParser(add_help=False)
+            _run_options(run)
+            args = run.parse_known_args(program)[0]
+            args.config = getattr(args, "config", None)
+            source = f"those of the installed {where.kind} ({where.plist})"
+        else:
+            source = "the defaults (give `vnode run`'s flags, or install the service, to check yours)"
+    fields = Settings.model_fields
+    try:
+        settings: Settings | None = _settings(args)
+    except SettingsError:
+        settings = None
+
+    def value(name: str) -> Any:
+        if settings is not None:
+            return getattr(settings, name)
+        given = getattr(args, name, None)
+        if given is not None:
+            return given
+        field = fields[name]
+        if field.default_factory:
+            return field.default_factory()  # type: ignore[call-arg]
+        return None if field.is_required() else field.default
+
+    return value, source
+
+
+def _path(value: Any) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from vnode.doctor import Inputs, doctor
+
+    value, source = _effective(args)
+    inputs = Inputs(llama_server=_path(value("llama_server")), kubeconfig=_path(value("kubeconfig")),
+                    node_name=str(value("node_name")), host_ip=str(value("host_ip")) if value("host_ip") else None,
+                    kubelet_port=int(value("kubelet_port")), state_dir=Path(value("state_dir")).expanduser(),
+                    memory_fraction=float(value("memory_fraction")) if value("memory_fraction") else None,
+                    tls_cert_file=_path(value("tls_cert_file")), system=args.system)
+    return doctor(inputs, source=source, as_json=args.json)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from vnode.status.command import status
+
+    value, _ = _effective(args)
+    as_json = args.json or not sys.stdout.isatty()
+    return asyncio.run(status(kubeconfig=_path(value("kubeconfig")), node_name=str(value("node_name")),
+                              state_dir=Path(value("state_dir")).expanduser(), as_json=as_json))
+
+
+def _service(args: argparse.Namespace) -> int:
+    from vnode.service import command as service
+
+    try:
+        if args.service_command == "install":
+            try:
+                _settings(args)  # the job would only exit 2 over and over
+            except SettingsError as exc:
+                print(f"vnode service install: error: {exc}", file=sys.stderr)
+                return 2
+            asyncio.run(service.install(run_arguments(args), system=args.system, user=args.user))
+            return 0
+        if args.service_command == "uninstall":
+            asyncio.run(service.uninstall(system=args.system))
+            return 0
+        return asyncio.run(service.status(system=args.system, as_json=args.json))
+    except service.ServiceError as exc:
+        print(f"vnode service {args.service_command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -168,6 +373,8 @@ def _cluster(args: argparse.Namespace) -> int:
     if cluster.metrics:
         print("metrics-server: APIService v1beta1.metrics.k8s.io Available (kubectl top node, HPAs)")
     print(f"join it:  {' '.join(cluster.agent_command())}")
+    print("join another Mac with a bootstrap token (valid 24h), as `kubeadm join`:")
+    print(f"  {shlex.join(cluster.join_command())}")
     print(f"kubectl:  {state.kubectl} --kubeconfig {state.admin_kubeconfig} get nodes")
     return 0
 

@@ -1,17 +1,9 @@
 #!/usr/bin/env bash
-# Install vnode as a per-user launchd agent (runs at login, restarted if it crashes).
-# Metal needs a logged-in GUI session, so this is a LaunchAgent, not a LaunchDaemon.
-#   deploy/launchd/install.sh [CONFIG]   (default ~/.vnode/vnode.yaml)
+# Install vnode as a launchd job: a wrapper for `vnode service install`, which renders the
+# plist (see dev.llmkube.vnode.plist.example) from the `vnode run` flags given here and
+# loads it with launchctl bootstrap. Idempotent.
+#   deploy/launchd/install.sh --kubeconfig ~/.local/state/vnode/kubeconfig --host-ip 192.168.1.50
+#   sudo deploy/launchd/install.sh --system --kubeconfig /Library/Application\ Support/vnode/kubeconfig ...
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-config="${1:-$HOME/.vnode/vnode.yaml}"
-vnode="$(command -v vnode || true)"
-[ -n "$vnode" ] || { echo "vnode is not on PATH (pip install vnode first)" >&2; exit 1; }
-[ -f "$config" ] || { echo "no config at $config: write kubeconfig, node_name and host_ip there" >&2; exit 1; }
-logdir="$HOME/Library/Logs/vnode"; mkdir -p "$logdir" "$HOME/Library/LaunchAgents"
-plist="$HOME/Library/LaunchAgents/dev.llmkube.vnode.plist"
-sed -e "s#@VNODE@#$vnode#" -e "s#@CONFIG@#$config#" -e "s#@LOGDIR@#$logdir#" "$here/dev.llmkube.vnode.plist.in" > "$plist"
-plutil -lint "$plist" >/dev/null
-launchctl bootout "gui/$(id -u)/dev.llmkube.vnode" 2>/dev/null || true
-launchctl bootstrap "gui/$(id -u)" "$plist"
-echo "installed: $plist (logs in $logdir/vnode.log)"
+command -v vnode >/dev/null || { echo "vnode is not on PATH (pip install vnode first)" >&2; exit 1; }
+exec vnode service install "$@"

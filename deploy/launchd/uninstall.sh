@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stop and remove the vnode launchd agent. The Node object stays in the cluster (it goes
-# NotReady); delete it with `kubectl delete node NAME` if the Mac leaves for good.
+# Stop and remove the vnode launchd job (`vnode service uninstall`; --system for the
+# LaunchDaemon). The Node object stays in the cluster (it goes NotReady); delete it with
+# `kubectl delete node NAME` if the Mac leaves for good.
 set -euo pipefail
-launchctl bootout "gui/$(id -u)/dev.llmkube.vnode" 2>/dev/null || true
-rm -f "$HOME/Library/LaunchAgents/dev.llmkube.vnode.plist"
-echo "uninstalled"
+command -v vnode >/dev/null || { echo "vnode is not on PATH" >&2; exit 1; }
+exec vnode service uninstall "$@"

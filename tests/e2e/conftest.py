@@ -109,23 +109,24 @@ class Agents:
         )
 
     def start(self, *extra: str, name: str = NODE, env: dict[str, str] | None = None, serving_cert: bool = True,
-              own_host: bool = False) -> Proc:
+              own_host: bool = False, kubeconfig: Path | None = None) -> Proc:
         """`vnode run` for node `name`. Test nodes share one network namespace, so each name
         gets its own kubelet port (NODE keeps 10250) unless the test picks one; with
-        `own_host` the node is a Mac of its own (namespace, InternalIP) on port 10250."""
+        `own_host` the node is a Mac of its own (namespace, InternalIP) on port 10250.
+        `kubeconfig`: credentials the test obtained itself (else the cluster CA issues some)."""
         state = self.cluster.state
         assert state is not None
         if own_host:
             self.cluster.add_host(name)
             _PORTS.setdefault(name, 10250)
-        if not state.node_kubeconfig(name).exists():
+        if kubeconfig is None and not state.node_kubeconfig(name).exists():
             self.credentials(name)
         pki_dir = Path(state.directory) / "pki"
         if serving_cert and not (pki_dir / f"node-{name}-serving.crt").exists():
             pki.node_credentials(pki_dir, node_name=name, node_ip=state.host_for(name).ns_ip)
         if not any(arg.startswith("--kubelet-port") for arg in extra):
             extra = (*extra, f"--kubelet-port={kubelet_port(name)}")
-        proc = self.cluster.start_agent(*extra, node_name=name, env=env, serving_cert=serving_cert)
+        proc = self.cluster.start_agent(*extra, node_name=name, env=env, serving_cert=serving_cert, kubeconfig=kubeconfig)
         self.started.append(proc)
         return proc
 

@@ -1,10 +1,11 @@
 """A local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
 
 Flags are those of a production cluster (Node,RBAC authorization, NodeRestriction, the
-API server verifying the kubelet's serving certificate), so what passes here passes on a
-real cluster. The "Mac" is a network namespace (netns.py); the control plane listens on
-the root end of its veth pair. Everything started is recorded in `state.json` and
-stopped by pid in `down()`, also after a failed `up()`.
+API server verifying the kubelet's serving certificate, bootstrap tokens, cluster-info and
+the TLS-bootstrap RBAC as kubeadm sets them up), so what passes here passes on a real
+cluster. The "Mac" is a network namespace (netns.py); the control plane listens on the root
+end of its veth pair. Everything started is recorded in `state.json` and stopped by pid in
+`down()`, also after a failed `up()`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from cryptography import x509
 
-from vnode.cluster import metrics_server, pki, processes
+from vnode.cluster import bootstrap_tokens, metrics_server, pki, processes
 from vnode.cluster import netns as netns_mod
 from vnode.cluster.build import Binaries, ensure_control_plane
 from vnode.cluster.processes import Proc
+from vnode.files import replace_private
+from vnode.join.discovery import ca_cert_hash
 
 SERVICE_CIDR = "198.19.0.0/16"
 SERVICE_IP = "198.19.0.1"
@@ -196,6 +200,7 @@ class LocalCluster:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
+            "--enable-bootstrap-token-auth=true",
             f"--kubelet-client-certificate={certs.apiserver_kubelet_client.cert}",
             f"--kubelet-client-key={certs.apiserver_kubelet_client.key}",
             f"--kubelet-certificate-authority={certs.ca.cert}",
@@ -220,6 +225,7 @@ class LocalCluster:
             f"--service-account-private-key-file={certs.service_account.key}",
             f"--root-ca-file={certs.ca.cert}",
             f"--cluster-signing-cert-file={certs.ca.cert}", f"--cluster-signing-key-file={certs.ca.key}",
+            "--controllers=*,bootstrapsigner,tokencleaner",
             *([f"--cluster-signing-duration={self.signing_duration}"] if self.signing_duration else []),
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--node-monitor-grace-period={NODE_MONITOR_GRACE}", "--node-monitor-period=2s",
@@ -233,6 +239,7 @@ class LocalCluster:
         ], logs)
         self._wait_for_defaults(bins, admin, timeout=timeout)
         self._apply_node_rbac(bins, admin)
+        self._set_up_token_join(certs)
         if self.metrics:
             self._start_metrics_server(bins, host, certs, logs, timeout=timeout)
         self.state.save()
@@ -327,6 +334,25 @@ class LocalCluster:
         if done.returncode != 0:
             raise ClusterError(f"`kubectl apply -f {manifest}` failed: {done.stderr.strip()}")
 
+    def _set_up_token_join(self, certs: pki.ClusterPKI) -> None:
+        """What `kubeadm init` leaves for `vnode join`: the RBAC, the cluster-info ConfigMap
+        and a bootstrap token (kept owner-only in the cluster directory for join_command)."""
+        assert self.state is not None
+        manifest = MANIFESTS / "bootstrap-rbac.yaml"
+        self.kubectl("apply", "-f", str(manifest))
+        token = bootstrap_tokens.new_token()
+        objects = [bootstrap_tokens.cluster_info(server=self.state.server, ca_pem=certs.ca.cert.read_bytes()),
+                   bootstrap_tokens.token_secret(token)]
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+        replace_private(self.dir / "bootstrap-token", str(token).encode())
+
+    def join_command(self, *, program: tuple[str, ...] | list[str] = ("vnode",)) -> list[str]:
+        """`vnode join` for this cluster with its bootstrap token, as `kubeadm init` prints it."""
+        assert self.state is not None, "cluster is not up"
+        token = (self.dir / "bootstrap-token").read_text().strip()
+        ca = x509.load_pem_x509_certificate((self.dir / "pki" / "ca.crt").read_bytes())
+        return [*program, "join", self.state.server, "--token", token, "--discovery-token-ca-cert-hash", ca_cert_hash(ca)]
+
     def _proc(self, name: str) -> Proc:
         assert self.state is not None
         return next(Proc.from_dict(p) for p in self.state.procs if p["name"] == name)
@@ -340,15 +366,17 @@ class LocalCluster:
             raise ClusterError(f"`kubectl {' '.join(args)}` failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
 
-    def agent_command(self, *extra: str, node_name: str | None = None, serving_cert: bool = True) -> list[str]:
-        """The command line of `vnode run` for this cluster's node, inside the node's namespace."""
+    def agent_command(self, *extra: str, node_name: str | None = None, serving_cert: bool = True,
+                      kubeconfig: Path | None = None) -> list[str]:
+        """The command line of `vnode run` for this cluster's node, inside the node's namespace
+        (with the node kubeconfig the cluster made, unless `kubeconfig` names another)."""
         assert self.state is not None
         name = node_name or self.state.node_name
         host = self.state.host_for(name)
         pki_dir = self.dir / "pki"
         return [
             *host.exec_prefix(), sys.executable, "-m", "vnode", "run",
-            f"--kubeconfig={self.state.node_kubeconfig(name)}", f"--node-name={name}",
+            f"--kubeconfig={kubeconfig or self.state.node_kubeconfig(name)}", f"--node-name={name}",
             f"--host-ip={host.ns_ip}", f"--state-dir={self.dir / 'agents' / name}",
             f"--log-dir={self.dir / 'agents' / name / 'logs'}",
             *([f"--tls-cert-file={pki_dir / f'node-{name}-serving.crt'}", f"--tls-private-key-file={pki_dir / f'node-{name}-serving.key'}"]
@@ -356,13 +384,14 @@ class LocalCluster:
             f"--client-ca-file={pki_dir / 'ca.crt'}", *extra,
         ]
 
-    def start_agent(self, *extra: str, node_name: str | None = None, env: dict[str, str] | None = None, serving_cert: bool = True) -> Proc:
+    def start_agent(self, *extra: str, node_name: str | None = None, env: dict[str, str] | None = None, serving_cert: bool = True,
+                    kubeconfig: Path | None = None) -> Proc:
         """Start `vnode run` in the background and record it, so `down()` stops it too."""
         assert self.state is not None
         name = node_name or self.state.node_name
         runs = len(list((self.dir / "logs").glob(f"vnode-{name}.*.log")))
         log = self.dir / "logs" / f"vnode-{name}.{runs + 1}.log"
-        proc = processes.start(f"vnode-{name}", self.agent_command(*extra, node_name=name, serving_cert=serving_cert), log=log, env={**os.environ, **(env or {})})
+        proc = processes.start(f"vnode-{name}", self.agent_command(*extra, node_name=name, serving_cert=serving_cert, kubeconfig=kubeconfig), log=log, env={**os.environ, **(env or {})})
         self.state.procs.append(proc.to_dict())
         self.state.save()
         return proc

@@ -45,7 +45,8 @@ def problem(identity: Identity, *, node_name: str, kubeconfig: str) -> str | Non
     groups = ", ".join(identity.groups) or "none"
     return (f"the kubeconfig {kubeconfig} authenticates as {identity.username or 'nobody'} (groups: {groups}), not as this "
             f"node's identity {expected} in group {NODES_GROUP}, so the Node authorizer and NodeRestriction do not confine "
-            f"vnode to its own objects; give it the node's own credentials (deploy/node-credentials.sh {node_name})")
+            f"vnode to its own objects; give it the node's own credentials (`vnode join` with a bootstrap token, or "
+            f"deploy/node-credentials.sh {node_name})")
 
 
 async def check(api: KubeClient, *, node_name: str, kubeconfig: str, require: bool) -> None:

@@ -49,6 +49,10 @@ class MemoryBudget:
         for key in [k for k in self._held if k[0] == pod_uid]:
             del self._held[key]
 
+    def holdings(self) -> dict[tuple[str, str], int]:
+        """(pod uid, container) -> the estimate it holds; a copy, for reports."""
+        return dict(self._held)
+
 
 class PortRegistry:
     """Which pod holds which port on the node's address."""

@@ -1,0 +1,93 @@
+"""`vnode doctor` and `vnode status` as the Mac's owner runs them beside a running node: with
+the same flags as `vnode run`, inside the "Mac" (the node's namespace), against the real
+control plane and a real pod."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vnode.cluster.build import ensure_llama_server
+
+from .conftest import FILE, ROOT, Agents, node_ready, wait_for
+from .test_pods import apply, deployment, pods
+
+NODE = "vnode-e2e-status"
+PORT = 8175
+
+
+@pytest.fixture(scope="module")
+def mac(cluster, hub):
+    agents = Agents(cluster)
+    proc = agents.start(f"--hf-endpoint={hub}", f"--llama-server={ensure_llama_server()}", "--node-status-update-seconds=1",
+                        name=NODE)
+    wait_for(lambda: node_ready(cluster, NODE), timeout=60, what=f"{NODE} Ready")
+    # The flags the agent runs with, as the owner would give them to doctor and status.
+    yield proc.cmd[proc.cmd.index("run") + 1:]
+    agents.stop_all()
+    cluster.kubectl("delete", "node", NODE, check=False)
+
+
+def vnode(cluster, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*cluster.state.host.exec_prefix(), sys.executable, "-m", "vnode", *argv], capture_output=True,
+                          text=True, timeout=180, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture(scope="module")
+def serving(cluster, mac):
+    ns = "status-e2e"
+    cluster.kubectl("create", "namespace", ns, check=False)
+    apply(cluster, ns, deployment("status", port=PORT, node=NODE))
+    wait_for(lambda: [p for p in pods(cluster, ns, "status")
+                      if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))],
+             timeout=240, what="the pod Ready")
+    yield ns
+    cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_status_shows_the_node_its_pod_the_budget_and_the_store(cluster, mac, serving):
+    out = vnode(cluster, "status", "--json", *mac)
+    assert out.returncode == 0, out.stdout + out.stderr
+    view = json.loads(out.stdout)
+    assert view["agent"]["running"] and view["cluster_problem"] is None
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in view["node"]["conditions"])
+    [row] = view["pods"]
+    assert (row["namespace"], row["port"], row["phase"], row["ready"], row["restarts"]) == (serving, PORT, "Running", True, 0)
+    assert 100 * 2**20 < row["memory_estimate"] < 2 * 2**30, row
+    assert view["budget"]["used"] == row["memory_estimate"]
+    assert view["budget"]["free"] == view["budget"]["total"] - row["memory_estimate"]
+    assert any(m["model"].endswith(FILE) and m["bytes"] > 100 * 2**20 for m in view["store"]["models"]), view["store"]
+
+    table = vnode(cluster, "status", "--json", *mac)  # not a terminal: JSON even without --json
+    assert json.loads(table.stdout)["pods"][0]["port"] == PORT
+
+
+def test_doctor_passes_with_the_node_s_own_settings(cluster, mac, serving):
+    out = vnode(cluster, "doctor", "--json", *mac)
+    report = json.loads(out.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert out.returncode == 0 and report["ok"], json.dumps(report["checks"], indent=1)
+    for name in ("llama-server", "memory", "model store", "api server", "client certificate", "clock",
+                 "serving certificate", "host ip"):
+        assert checks[name]["status"] == "ok", checks[name]
+    assert f"as system:node:{NODE}" in checks["api server"]["detail"]
+    assert "answers" in checks["host ip"]["detail"]  # the running agent's kubelet port
+    assert checks["service"]["status"] == "skip"  # no launchd here
+
+
+def test_doctor_says_when_the_credentials_are_not_the_node_s(cluster, mac):
+    flags = [a for a in mac if not a.startswith("--kubeconfig")] + [f"--kubeconfig={cluster.state.admin_kubeconfig}"]
+    out = vnode(cluster, "doctor", *flags)
+    line = next(line for line in out.stdout.splitlines() if " api server " in f" {line} ")
+    assert line.startswith("WARN") and f"not as this node's identity system:node:{NODE}" in line, out.stdout
+
+
+def test_doctor_fails_on_a_host_ip_that_is_not_this_machine_s(cluster, mac):
+    flags = [a for a in mac if not a.startswith("--host-ip")] + ["--host-ip=198.18.255.254"]
+    out = vnode(cluster, "doctor", *flags)
+    assert out.returncode == 1, out.stdout
+    assert any(line.startswith("FAIL host ip") and "not an address of this machine" in line for line in out.stdout.splitlines())

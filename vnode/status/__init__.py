@@ -1,0 +1,2 @@
+"""`vnode status`: what this node runs, from the agent's status file, its state directory and
+the API server."""

@@ -11,6 +11,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +48,21 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread else "?"
+    logging.getLogger("vnode").error("uncaught exception in thread %s", name,
+                                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+
+
+def _uncaught(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)  # type: ignore[arg-type]
+        return
+    logging.getLogger("vnode").critical("uncaught exception", exc_info=(exc_type, exc, tb))  # type: ignore[arg-type]
+
+
 def setup(*, fmt: str = "text", level: str = "info", log_dir: Path | None = None) -> logging.handlers.QueueListener | None:
     """Log to stderr and, with `log_dir`, to a rotating vnode.log there (served read-only on
     the kubelet API's /logs/). File writes happen on a listener thread, never on the loop."""
@@ -65,6 +81,11 @@ def setup(*, fmt: str = "text", level: str = "info", log_dir: Path | None = None
         root.addHandler(logging.handlers.QueueHandler(log_queue))
         listener = logging.handlers.QueueListener(log_queue, to_file)
         listener.start()
+    # What Python itself would print to stderr (warnings, an exception escaping a thread or
+    # the main program) goes through the same handler, so a JSON log stays all JSON.
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_exception
+    sys.excepthook = _uncaught
     # aiohttp and asyncio are chatty at debug; keep them at warning.
     for noisy in ("aiohttp", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

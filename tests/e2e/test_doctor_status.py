@@ -8,26 +8,34 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from vnode.cluster.build import ensure_llama_server
 
-from .conftest import FILE, ROOT, Agents, node_ready, wait_for
-from .test_pods import apply, deployment, pods
+from .conftest import CORRUPT_FILE, CORRUPT_REPO, FILE, ROOT, Agents, node_ready, wait_for
+from .test_pods import apply, deployment, one_pod, pods, waiting_reason
 
 NODE = "vnode-e2e-status"
 PORT = 8175
+
+
+@dataclass
+class Mac:
+    flags: list[str]  # the agent's own `vnode run` flags
+    log: Path  # its output
 
 
 @pytest.fixture(scope="module")
 def mac(cluster, hub):
     agents = Agents(cluster)
     proc = agents.start(f"--hf-endpoint={hub}", f"--llama-server={ensure_llama_server()}", "--node-status-update-seconds=1",
-                        name=NODE)
+                        "--log-format=json", name=NODE)
     wait_for(lambda: node_ready(cluster, NODE), timeout=60, what=f"{NODE} Ready")
     # The flags the agent runs with, as the owner would give them to doctor and status.
-    yield proc.cmd[proc.cmd.index("run") + 1:]
+    yield Mac(flags=proc.cmd[proc.cmd.index("run") + 1:], log=Path(proc.log))
     agents.stop_all()
     cluster.kubectl("delete", "node", NODE, check=False)
 
@@ -50,7 +58,7 @@ def serving(cluster, mac):
 
 
 def test_status_shows_the_node_its_pod_the_budget_and_the_store(cluster, mac, serving):
-    out = vnode(cluster, "status", "--json", *mac)
+    out = vnode(cluster, "status", "--json", *mac.flags)
     assert out.returncode == 0, out.stdout + out.stderr
     view = json.loads(out.stdout)
     assert view["agent"]["running"] and view["cluster_problem"] is None
@@ -62,12 +70,12 @@ def test_status_shows_the_node_its_pod_the_budget_and_the_store(cluster, mac, se
     assert view["budget"]["free"] == view["budget"]["total"] - row["memory_estimate"]
     assert any(m["model"].endswith(FILE) and m["bytes"] > 100 * 2**20 for m in view["store"]["models"]), view["store"]
 
-    table = vnode(cluster, "status", "--json", *mac)  # not a terminal: JSON even without --json
+    table = vnode(cluster, "status", "--json", *mac.flags)  # not a terminal: JSON even without --json
     assert json.loads(table.stdout)["pods"][0]["port"] == PORT
 
 
 def test_doctor_passes_with_the_node_s_own_settings(cluster, mac, serving):
-    out = vnode(cluster, "doctor", "--json", *mac)
+    out = vnode(cluster, "doctor", "--json", *mac.flags)
     report = json.loads(out.stdout)
     checks = {c["name"]: c for c in report["checks"]}
     assert out.returncode == 0 and report["ok"], json.dumps(report["checks"], indent=1)
@@ -80,14 +88,33 @@ def test_doctor_passes_with_the_node_s_own_settings(cluster, mac, serving):
 
 
 def test_doctor_says_when_the_credentials_are_not_the_node_s(cluster, mac):
-    flags = [a for a in mac if not a.startswith("--kubeconfig")] + [f"--kubeconfig={cluster.state.admin_kubeconfig}"]
+    flags = [a for a in mac.flags if not a.startswith("--kubeconfig")] + [f"--kubeconfig={cluster.state.admin_kubeconfig}"]
     out = vnode(cluster, "doctor", *flags)
     line = next(line for line in out.stdout.splitlines() if " api server " in f" {line} ")
     assert line.startswith("WARN") and f"not as this node's identity system:node:{NODE}" in line, out.stdout
 
 
 def test_doctor_fails_on_a_host_ip_that_is_not_this_machine_s(cluster, mac):
-    flags = [a for a in mac if not a.startswith("--host-ip")] + ["--host-ip=198.18.255.254"]
+    flags = [a for a in mac.flags if not a.startswith("--host-ip")] + ["--host-ip=198.18.255.254"]
     out = vnode(cluster, "doctor", *flags)
     assert out.returncode == 1, out.stdout
     assert any(line.startswith("FAIL host ip") and "not an address of this machine" in line for line in out.stdout.splitlines())
+
+
+def test_every_line_the_agent_and_its_helpers_log_is_json(cluster, mac, serving):
+    """Downloads (the fetch child), estimates, the shim and a refused model all went through
+    this agent: with --log-format json nothing reaches its output as plain text."""
+    apply(cluster, serving, deployment("corrupt", port=PORT + 1, node=NODE,
+                                       args=["-hf", f"{CORRUPT_REPO}:Q4_K_M", "--port", str(PORT + 1)]))
+    wait_for(lambda: waiting_reason(one_pod(cluster, serving, "corrupt"))[0] == "ModelPullBackOff", timeout=120,
+             what="the corrupt model refused")
+    lines = [line for line in mac.log.read_text().splitlines() if line.strip()]
+    assert len(lines) >= 5, lines
+    bad = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            assert {"ts", "level", "logger", "msg"} <= set(entry)
+        except (ValueError, AssertionError):
+            bad.append(line)
+    assert not bad, bad[:5]

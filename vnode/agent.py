@@ -122,7 +122,7 @@ def public_config(settings: Settings) -> dict:
         "evictionMaxPodGracePeriod": settings.eviction_max_pod_grace_period,
         "vnode": {"memoryFraction": settings.memory_fraction, "offline": settings.offline,
                   "allowExecProbes": settings.allow_exec_probes, "registerTaint": settings.register_taint,
-                  "requireNodeIdentity": settings.require_node_identity},
+                  "requireNodeIdentity": settings.require_node_identity, "podPortRange": settings.pod_port_range},
     }
 
 
@@ -176,7 +176,7 @@ async def run_agent(settings: Settings) -> int:
         models=models,
         runtime=default_runtime_table(str(llama_server or "llama-server")),
         budget=MemoryBudget(allocatable_memory(facts.memory_bytes, settings.memory_fraction)),
-        ports=PortRegistry(str(settings.host_ip)),
+        ports=PortRegistry(str(settings.host_ip), allowed=settings.pod_ports),
         env=EnvResolver(api),
         http=http,
         model_store=settings.model_store,

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     hf_endpoint: str | None = Field(default=None, description="Hugging Face endpoint for model downloads (default: HF_ENDPOINT or the hub)")
     offline: bool = Field(default=False, description="never download: serve models only from the store")
     allow_exec_probes: bool = Field(default=False, description="allow exec probes (they run commands on this machine)")
+    pod_port_range: str = Field(
+        default="1024-65535",
+        description="ports pod servers may bind on the host IP, FIRST-LAST: pods share the Mac's network, so a pod "
+                    "must not take 22, 80 or 443 (macOS lets any user bind low ports)",
+    )
     drain_quiet_seconds: float = Field(
         default=2.0, ge=0, le=60,
         description="a terminating pod's server must be idle this long before SIGTERM, within the grace period (0: signal at once, as the kubelet)",
@@ -147,6 +152,16 @@ class Settings(BaseSettings):
         if len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
             raise ValueError(f"{value!r} is not a valid node name (lowercase DNS-1123 subdomain)")
         return value
+
+    @field_validator("pod_port_range")
+    @classmethod
+    def _valid_port_range(cls, value: str) -> str:
+        parse_port_range(value)
+        return value
+
+    @property
+    def pod_ports(self) -> tuple[int, int]:
+        return parse_port_range(self.pod_port_range)
 
     @field_validator("host_ip")
     @classmethod
@@ -231,6 +246,17 @@ class _ConfigFileSlot:
 
 
 _CONFIG_FILE = _ConfigFileSlot()
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """"1024-65535" -> (1024, 65535), the spelling of kube-apiserver's --service-node-port-range."""
+    first, sep, last = text.strip().partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ValueError(f"{text!r} is not a port range FIRST-LAST, e.g. 1024-65535")
+    low, high = int(first), int(last)
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"{text!r}: need 1 <= FIRST <= LAST <= 65535")
+    return low, high
 
 
 def flag_name(field: str) -> str:

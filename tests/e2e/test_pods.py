@@ -289,6 +289,16 @@ def test_port_clash_fails_the_second_pod(cluster, ns):
     assert failed[0]["status"]["phase"] == "Failed" and "first" in failed[0]["status"]["message"]
 
 
+def test_a_port_below_the_pod_port_range_is_refused(cluster, ns):
+    """Pods share the Mac's network: port 22 is its sshd's, and macOS lets any user bind it."""
+    apply(cluster, ns, deployment("sshd", port=22, host_port=False))
+    failed = wait_for(lambda: [p for p in pods(cluster, ns, "sshd") if p["status"].get("reason") == "PortNotAllowed"],
+                      timeout=60, what="PortNotAllowed")
+    assert failed[0]["status"]["phase"] == "Failed"
+    described = cluster.kubectl("describe", "pod", "-n", ns, failed[0]["metadata"]["name"]).stdout
+    assert "port 22 is outside the ports pods may use on this node (1024-65535, --pod-port-range)" in described
+
+
 def test_checksum_mismatch_is_reported_and_retried(cluster, ns):
     apply(cluster, ns, deployment("corrupt", port=8100, args=["-hf", f"{CORRUPT_REPO}:Q4_K_M", "--port", "8100"]))
     reason, message = wait_for(lambda: (r := waiting_reason(one_pod(cluster, ns, "corrupt")))[0] == "ModelPullBackOff" and r,

@@ -57,11 +57,18 @@ class MemoryBudget:
 class PortRegistry:
     """Which pod holds which port on the node's address."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, *, allowed: tuple[int, int] = (1024, 65535)) -> None:
         self.host = host
+        self.allowed = allowed  # --pod-port-range: the Mac's own services below it stay out of reach
         self._owners: dict[int, tuple[str, str]] = {}  # port -> (pod uid, "ns/name")
 
     def claim(self, port: int, *, pod_uid: str, pod_ref: str, probe_socket: bool = True) -> None:
+        low, high = self.allowed
+        if not low <= port <= high:
+            raise AdmissionError(
+                "PortNotAllowed",
+                f"port {port} is outside the ports pods may use on this node ({low}-{high}, --pod-port-range): pods share "
+                "the Mac's network, so a pod must not take the port of one of its services; choose a containerPort in the range")
         owner = self._owners.get(port)
         if owner and owner[0] != pod_uid:
             raise AdmissionError("PortConflict", f"port {port} on {self.host} is already used by pod {owner[1]}")

@@ -199,22 +199,20 @@ async def bootstrap(info: ClusterInfo, token: BootstrapToken, *, node_name: str,
                 "controller approves it when group system:bootstrappers may create certificatesigningrequests/nodeclient "
                 f"(kubectl apply -f manifests/bootstrap-rbac.yaml), or approve it yourself (`kubectl certificate approve "
                 f"{name}`); its csrsigning controller needs --cluster-signing-cert-file and key") from None
+        except certs.CertificateMismatch as exc:
+            raise BootstrapError(str(exc)) from None
         except certs.CertificateDenied as exc:
             raise BootstrapError(f"{exc} (group system:bootstrappers needs the ClusterRole system:node-bootstrapper: "
                                  "manifests/bootstrap-rbac.yaml)") from None
     finally:
         await api.close()
-    cert = x509.load_pem_x509_certificate(issued)
-    if cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
-            key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
-        raise BootstrapError(f"the certificate issued for CSR {name} is not for the key vnode made")
     store = PairStore(cert_dir)
     pair = await asyncio.to_thread(store.update, issued, certs.private_pem(key))
     data = node_kubeconfig(server=info.server, ca_pem=info.ca_pem, pair=store.current, node_name=node_name)
     await asyncio.to_thread(write_node_kubeconfig, kubeconfig, data)
     await asyncio.to_thread((cert_dir / TMP_KEY).unlink, missing_ok=True)
     say(f"client certificate issued: {pair} (current: {store.current}); kubeconfig {kubeconfig}")
-    return cert.not_valid_after_utc
+    return x509.load_pem_x509_certificate(issued).not_valid_after_utc
 
 
 async def confirm_identity(kubeconfig: Path, *, node_name: str) -> identity.Identity:

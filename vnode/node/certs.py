@@ -49,6 +49,10 @@ class CertificateDenied(RuntimeError):
     pass
 
 
+class CertificateMismatch(CertificateDenied):
+    """The signer returned a certificate other than the one requested."""
+
+
 def node_subject(node_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
                       x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node_name}")])
@@ -186,12 +190,48 @@ async def request_certificate(api: KubeClient, *, name: str, request_pem: bytes,
             if cond.get("type") in ("Denied", "Failed") and cond.get("status", "True") == "True":
                 raise CertificateDenied(f"{what} request {name} was {cond['type'].lower()}: {cond.get('message', '')}")
         if status.get("certificate"):
+            issued = base64.b64decode(status["certificate"])
+            check_issued(issued, request_pem=request_pem, what=f"{what} issued for CSR {name}")
             log.info("%s issued (CSR %s)", what, name)
-            return base64.b64decode(status["certificate"])
+            return issued
         if loop.time() - hinted >= HINT_EVERY:
             log.warning("%s", hint())
             hinted = loop.time()
         await asyncio.sleep(poll)
+
+
+def _names(ext: x509.Extensions) -> set[str]:
+    try:
+        san = ext.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)} | {
+        f"IP:{ip}" for ip in san.get_values_for_type(x509.IPAddress)}
+
+
+def check_issued(cert_pem: bytes, *, request_pem: bytes, what: str) -> x509.Certificate:
+    """The certificate a signer returned is the one asked for: the CSR's key, its subject
+    and every name it requested, and valid now. A signer may add names, not drop them; a
+    certificate that fails is never installed (CertificateDenied says which part is wrong)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise CertificateMismatch(f"the {what} is not a PEM certificate: {exc}") from None
+    csr = x509.load_pem_x509_csr(request_pem)
+    if cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
+            csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+        raise CertificateMismatch(f"the {what} is not for the key vnode made; not installed")
+    if cert.subject != csr.subject:
+        raise CertificateMismatch(f"the {what} names {cert.subject.rfc4514_string()}, not {csr.subject.rfc4514_string()} "
+                                "as requested; not installed")
+    missing = _names(csr.extensions) - _names(cert.extensions)
+    if missing:
+        raise CertificateMismatch(f"the {what} lacks the requested names {', '.join(sorted(missing))}; not installed")
+    now = dt.datetime.now(dt.timezone.utc)
+    if not cert.not_valid_before_utc - dt.timedelta(minutes=5) <= now < cert.not_valid_after_utc:
+        raise CertificateMismatch(f"the {what} is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC); not installed")
+    return cert
 
 
 # -- keeping it fresh --

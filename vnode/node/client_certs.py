@@ -177,9 +177,6 @@ async def renew(api: KubeClient, *, node_name: str, store: PairStore, poll: floa
                       "renewal when group system:nodes may create certificatesigningrequests/selfnodeclient "
                       f"(manifests/node-client-rotation-rbac.yaml); or run `kubectl certificate approve {name}`"),
     )
-    cert = x509.load_pem_x509_certificate(issued)
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
-        raise ValueError(f"the certificate issued for CSR {name} is not for the key vnode made")
     path = await asyncio.to_thread(store.update, issued, certs.private_pem(key))
     creds = api.credentials
     if creds.cert_file != store.current or creds.key_file != store.current:

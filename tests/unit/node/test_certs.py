@@ -162,6 +162,7 @@ async def test_waiting_for_approval_survives_the_api_server_going_away_and_a_del
     from vnode.kubeclient import ApiError
 
     monkeypatch.setattr(certs, "Backoff", lambda cap: type("B", (), {"next_delay": lambda self: 0.0, "reset": lambda self: None})())
+    monkeypatch.setattr(certs, "check_issued", lambda *a, **k: None)  # what is issued is checked below, not here
     issued = {"status": {"certificate": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="}}
     api = _FlakyApi(creates=[aiohttp.ClientConnectionError("refused")],
                     gets=[{"status": {}}, aiohttp.ServerDisconnectedError(), ApiError(503, "ServiceUnavailable", "etcd"),
@@ -206,3 +207,58 @@ async def test_a_certificate_file_removed_under_the_agent_is_renewed_not_fatal(t
     finally:
         task.cancel()
         server.close()
+
+
+def _sign(csr_pem: bytes, *, key=None, cn: str | None = None, sans: list[x509.GeneralName] | None = None,
+          days: float = 30, start_days: float = 0) -> bytes:
+    """A certificate for a CSR as a signer would issue it, with one thing changed."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    csr = x509.load_pem_x509_csr(csr_pem)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=start_days)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]) if cn else csr.subject
+    builder = (x509.CertificateBuilder().subject_name(subject)
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+               .public_key(key.public_key() if key else csr.public_key()).serial_number(1)
+               .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=days)))
+    names = sans if sans is not None else list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def _serving_csr() -> bytes:
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(certs.node_subject(NODE))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(NODE), x509.IPAddress(ipaddress.ip_address(IP))]),
+                          critical=False).sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def test_an_issued_certificate_must_be_the_one_requested() -> None:
+    import ipaddress
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    csr = _serving_csr()
+    assert certs.check_issued(_sign(csr), request_pem=csr, what="serving certificate").subject == x509.load_pem_x509_csr(csr).subject
+    extra = [x509.DNSName(NODE), x509.IPAddress(ipaddress.ip_address(IP)), x509.DNSName("more.example")]
+    certs.check_issued(_sign(csr, sans=extra), request_pem=csr, what="serving certificate")  # a signer may add names
+    cases = {
+        "not for the key vnode made": _sign(csr, key=ec.generate_private_key(ec.SECP256R1())),
+        "names CN=system:node:other": _sign(csr, cn="system:node:other"),
+        f"lacks the requested names IP:{IP}": _sign(csr, sans=[x509.DNSName(NODE)]),
+        "not valid now": _sign(csr, days=1, start_days=-5),
+        "not a PEM certificate": b"garbage",
+    }
+    for words, pem in cases.items():
+        with pytest.raises(certs.CertificateMismatch, match=words):
+            certs.check_issued(pem, request_pem=csr, what="serving certificate")

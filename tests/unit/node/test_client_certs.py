@@ -132,7 +132,7 @@ async def test_a_failed_renewal_keeps_the_certificate_and_retries(tmp_path: Path
             attempts += 1
             if answer == "denied":
                 raise certs.CertificateDenied("client certificate request x was denied: no")
-            return node.cert.read_bytes()  # issued for some other key
+            raise certs.CertificateMismatch("the client certificate issued for CSR x is not for the key vnode made")
 
         monkeypatch.setattr(certs, "request_certificate", refused)
         task = asyncio.create_task(client_certs.keep_fresh(client, node_name=NODE, cert_dir=tmp_path / "pki", retry=0.01))

@@ -59,8 +59,7 @@ def write_kubeconfig(path: Path, *, server: str, ca: Path, cert: Path, key: Path
         "current-context": user,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
+    replace_private(path, yaml.safe_dump(config, sort_keys=False).encode())
     return path
 
 

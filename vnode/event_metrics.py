@@ -23,4 +23,17 @@ KUBELET_API_SECONDS = Histogram(
     registry=None,
 )
 
-ALL = (MODEL_DOWNLOADED_BYTES, MODEL_DOWNLOAD_SECONDS, KUBELET_API_SECONDS)
+TASK_FAILURES = Counter(
+    "vnode_task_failures",
+    "Inner tasks and loop rounds of the agent that failed by an exception (a bug: KeyError, TypeError, ...) "
+    "or that ended when they should have run on, by task kind (vnode.tasks)",
+    ["task"], registry=None,
+)
+
+EVENTS_DROPPED = Counter(
+    "vnode_events_dropped",
+    "Events not recorded because the buffer in front of a slow or absent API server was full (the oldest go first)",
+    registry=None,
+)
+
+ALL = (EVENTS_DROPPED, MODEL_DOWNLOADED_BYTES, MODEL_DOWNLOAD_SECONDS, KUBELET_API_SECONDS, TASK_FAILURES)

@@ -10,6 +10,7 @@ end of its veth pair. Everything started is recorded in `state.json` and stopped
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -23,6 +24,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
 from cryptography import x509
 
@@ -32,6 +34,7 @@ from vnode.cluster.build import Binaries, ensure_control_plane
 from vnode.cluster.processes import Proc
 from vnode.files import replace_private
 from vnode.join.discovery import ca_cert_hash
+from vnode.provider import supervisor
 
 SERVICE_CIDR = "198.19.0.0/16"
 SERVICE_IP = "198.19.0.1"
@@ -105,8 +108,9 @@ class LocalCluster:
     """Start, use and stop one local control plane rooted at `directory`."""
 
     def __init__(self, directory: Path, *, node_name: str = "mac", metrics: bool = True,
-                 signing_duration: str | None = None) -> None:
+                 signing_duration: str | None = None, apiserver_args: tuple[str, ...] = ()) -> None:
         self.dir = directory.resolve()
+        self.apiserver_args = apiserver_args  # extra kube-apiserver flags (a benchmark's audit log)
         self.node_name = node_name
         self.metrics = metrics
         self.signing_duration = signing_duration  # --cluster-signing-duration (e.g. "3m"); None: the default, a year
@@ -155,6 +159,12 @@ class LocalCluster:
             except (OSError, ValueError, KeyError):
                 continue
             processes.stop(server)
+            # A server whose shim died is not stopped with it: found through the shim's pid file.
+            with contextlib.suppress(TypeError, psutil.Error):
+                orphan = supervisor.server_process(supervisor.Instance(**data))
+                if orphan is not None:
+                    processes.stop(Proc(name=f"server {data['pod_name']}", pid=orphan.pid, create_time=orphan.create_time(),
+                                        log=str(data["log_path"]), cmd=[]))
         for extra in state.hosts.values():
             netns_mod.destroy(netns_mod.HostNetns(**extra))
         netns_mod.destroy(state.host)
@@ -214,6 +224,7 @@ class LocalCluster:
             "--enable-aggregator-routing=true",
             "--profiling=false",
             "--v=1",
+            *self.apiserver_args,
         ], logs)
         self._wait_ready("kube-apiserver", f"{server}/readyz", certs, timeout=timeout)
         self._spawn("kube-controller-manager", [

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from vnode import tasks as guarded
 from vnode.node.client import Outage
 from vnode.node.status import MemoryCondition
 from vnode.pods.events import EventRecorder
@@ -285,6 +286,7 @@ class EvictionManager:
         self.condition = MemoryCondition(pressure=False)
         self.evictions: dict[str, int] = {}  # by signal, for vnode_evictions_total
         self._nothing_to_evict = False
+        self._failures = guarded.Failures("eviction-round", logger=log)
 
     def memory_condition(self) -> MemoryCondition:
         return self.condition
@@ -299,8 +301,9 @@ class EvictionManager:
                 outage.recovered()
             except (HostCommandError, ValueError, OSError) as exc:
                 outage.failed(str(exc), retry_in=self.interval)  # the condition keeps its last state
-            except Exception:  # noqa: BLE001 - one bad round must not take the agent down
-                log.exception("eviction round failed; trying again in %.0fs", self.interval)
+            except Exception as exc:  # noqa: BLE001 - one bad round must not take the agent down
+                # A bug would fail every round: logged once with its traceback, each counted.
+                self._failures.report(exc, what=f"eviction round (retried every {self.interval:.0f}s)")
             await asyncio.sleep(self.interval)
 
     async def observe(self) -> Observation:

@@ -5,7 +5,9 @@ failureThreshold mean what they mean on any node; readiness and liveness wait fo
 startup probe. httpGet and tcpSocket are supported. exec probes would let anyone who can
 create a pod run a command on the Mac, so they are refused unless the operator enables
 them (--allow-exec-probes); grpc is not supported. Each attempt's result and duration go
-to the container's ProbeRecorder (probe_stats.py) when it has one.
+to the container's ProbeRecorder (probe_stats.py) when it has one. An attempt that fails by
+a bug in vnode (KeyError, TypeError, ...) is thrown away as the kubelet throws away a
+prober error: no result, logged once and counted (vnode.tasks), the loop goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from vnode import tasks as guarded
 from vnode.pods.probe_stats import FAILED, SUCCESSFUL, UNKNOWN, ProbeRecorder
 from vnode.provider.spec import ContainerIn, Probe
 from vnode.provider.subproc import communicate
@@ -134,6 +137,7 @@ class ContainerProber:
         self.ready = container.readiness_probe is None
         self.failed = asyncio.Event()  # startup or liveness gave up: restart the container
         self.failure = ""
+        self._bugs = guarded.Failures("probe-attempt", logger=log)
 
     async def run(self) -> None:
         c = self.container
@@ -144,17 +148,29 @@ class ContainerProber:
             self._on_change()
         loops = []
         if c.readiness_probe is not None:
-            loops.append(self._readiness(c.readiness_probe))
+            loops.append(guarded.spawn(self._readiness(c.readiness_probe), name=f"readiness probe {c.name}", task="readiness-probe",
+                                       forever=True, logger=log))
         if c.liveness_probe is not None:
-            loops.append(self._liveness(c.liveness_probe))
+            loops.append(guarded.spawn(self._liveness(c.liveness_probe), name=f"liveness probe {c.name}", task="liveness-probe",
+                                       logger=log))
         if not loops:
             self._on_change()
             return
-        await asyncio.gather(*loops)
+        try:
+            # Not gather(): a loop that failed must not leave its sibling running unowned.
+            await asyncio.wait(loops)
+        finally:
+            await guarded.cancel_and_wait(loops)
 
-    async def _attempt(self, probe: Probe, kind: str) -> tuple[bool, str]:
+    async def _attempt(self, probe: Probe, kind: str) -> tuple[bool, str] | None:
+        """One attempt, recorded; None if vnode itself failed making it (no result)."""
         started = time.monotonic()
-        ok, detail = await probe_once(probe, container=self.container, host=self.host, session=self.session, run_exec=self._run_exec)
+        try:
+            ok, detail = await probe_once(probe, container=self.container, host=self.host, session=self.session,
+                                          run_exec=self._run_exec)
+        except guarded.PROGRAMMING_ERRORS as exc:
+            self._bugs.report(exc, what=f"{kind} probe of container {self.container.name}")
+            return None
         if self._stats is not None:
             result = SUCCESSFUL if ok else UNKNOWN if detail == UNSUPPORTED else FAILED
             self._stats.record(kind, result, time.monotonic() - started)
@@ -165,7 +181,11 @@ class ContainerProber:
         await asyncio.sleep(probe.initial_delay_seconds)
         failures = 0
         while True:
-            ok, detail = await self._attempt(probe, kind)
+            result = await self._attempt(probe, kind)
+            if result is None:
+                await asyncio.sleep(probe.period_seconds)
+                continue
+            ok, detail = result
             if ok:
                 return True
             failures += 1
@@ -184,7 +204,11 @@ class ContainerProber:
         await asyncio.sleep(probe.initial_delay_seconds)
         successes = failures = 0
         while True:
-            ok, detail = await self._attempt(probe, "Readiness")
+            result = await self._attempt(probe, "Readiness")
+            if result is None:
+                await asyncio.sleep(probe.period_seconds)
+                continue
+            ok, detail = result
             if ok:
                 successes, failures = successes + 1, 0
                 if not self.ready and successes >= probe.success_threshold:
@@ -203,7 +227,11 @@ class ContainerProber:
         await asyncio.sleep(probe.initial_delay_seconds)
         failures = 0
         while True:
-            ok, detail = await self._attempt(probe, "Liveness")
+            result = await self._attempt(probe, "Liveness")
+            if result is None:
+                await asyncio.sleep(probe.period_seconds)
+                continue
+            ok, detail = result
             failures = 0 if ok else failures + 1
             if failures >= probe.failure_threshold:
                 await self._give_up("Liveness", detail)

@@ -4,7 +4,9 @@ A PodWorker owns its pod's containers (one ContainerRunner each) and is the only
 that starts or stops them. A container goes: translate -> environment -> model in the
 store -> memory estimate and admission -> start (or adopt after an agent restart) ->
 probes -> exit -> restart by restartPolicy with the kubelet's back-off. Every decision a
-user may ask about leaves a container state reason, a message and an Event.
+user may ask about leaves a container state reason, a message and an Event. Inner tasks are
+guarded (vnode.tasks): cancelled and awaited when their instance or pod ends, and a server
+whose shim died is stopped before the container starts again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import aiohttp
 from pydantic import ValidationError
 
+from vnode import tasks as guarded
 from vnode.kubeclient import ApiError, KubeClient
 from vnode.pods import drain
 from vnode.pods.admission import AdmissionError, MemoryBudget, PortRegistry
@@ -138,10 +141,7 @@ class PodWorker:
         await self.event("Warning", reason, message)
         # The container loops go first, as on deletion, so nothing restarts or starts;
         # `_live` sees `failed` and waits for the deletion.
-        loops = list(self._loops)
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        await guarded.cancel_and_wait(list(self._loops))
         await asyncio.gather(*(r.stop(grace=grace) for r in self.runners.values()))
         self.ctx.budget.release_pod(self.uid)
         self.ctx.ports.release_pod(self.uid)
@@ -206,10 +206,11 @@ class PodWorker:
             return
         for container in spec.containers:
             self.runners[container.name] = ContainerRunner(self, spec, container, adopted=self.adopted.get(container.name))
-        tasks = [asyncio.create_task(r.run(), name=f"container {self.ref}/{n}") for n, r in self.runners.items()]
+        tasks = [guarded.spawn(r.run(), name=f"container {self.ref}/{n}", task="container", logger=log)
+                 for n, r in self.runners.items()]
         self._loops = tasks
-        deadline = asyncio.create_task(self._active_deadline(spec), name=f"deadline {self.ref}")
-        deleting = asyncio.create_task(self.deleting.wait())
+        deadline = guarded.spawn(self._active_deadline(spec), name=f"deadline {self.ref}", task="active-deadline", logger=log)
+        deleting = guarded.spawn(self.deleting.wait(), name=f"deletion {self.ref}", task="deletion-watch", logger=log)
         try:
             while True:
                 done, _ = await asyncio.wait([deleting, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -217,17 +218,12 @@ class PodWorker:
                     break
                 if self.failed or all(t.done() for t in tasks):
                     # Admission failed, or every container ended for good: stay until deleted.
-                    for t in tasks:
-                        t.cancel()
+                    await guarded.cancel_and_wait(tasks)
                     await self.deleting.wait()
                     break
                 tasks = [t for t in tasks if not t.done()]
         finally:
-            deleting.cancel()
-            deadline.cancel()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(deadline, *tasks, return_exceptions=True)
+            await guarded.cancel_and_wait([deleting, deadline, *tasks])
             self._loops = []
         await self._finish(list(self.runners.values()), grace=self._grace(spec))
 
@@ -352,8 +348,9 @@ class ContainerRunner:
                 last_report[1] = percent
                 # A sync callback: the Event is posted from a task of its own, held by the runner
                 # until done (the loop keeps only weak references to tasks).
-                task = asyncio.get_running_loop().create_task(
-                    self.w.event("Normal", "PullingModel", f"Downloading {describe_source(launch)}: {percent}%", container=self.c.name)
+                task = guarded.spawn(
+                    self.w.event("Normal", "PullingModel", f"Downloading {describe_source(launch)}: {percent}%", container=self.c.name),
+                    name=f"download event {self.w.ref}/{self.c.name}", task="event", logger=log,
                 )
                 self._posting.add(task)
                 task.add_done_callback(self._posting.discard)
@@ -383,11 +380,17 @@ class ContainerRunner:
         while True:
             inst = self.adopted
             self.adopted = None
-            if inst is not None and sup.alive(inst):
+            if inst is not None and sup.shim_alive(inst):
                 log.info("adopted %s container %s (pid %d)", self.w.ref, self.c.name, inst.shim_pid)
             elif inst is not None:
-                # It died while no agent was watching: its shim recorded how.
-                exit_info = sup.exit_info(inst)
+                if sup.orphaned(inst):
+                    # Its shim died while no agent was watching, its server did not: nobody
+                    # reads that server's output or would record its exit, so it is stopped
+                    # and the container restarts as after any exit (not re-adopted).
+                    exit_info = await self._stop_orphaned(inst)
+                else:
+                    # It died while no agent was watching: its shim recorded how.
+                    exit_info = sup.exit_info(inst)
                 self._terminated(inst, exit_info)
                 if not self._should_restart(exit_info):
                     self._final()
@@ -430,20 +433,30 @@ class ContainerRunner:
         )
         self.prober = prober
         self._probe_changed()
-        probes = asyncio.create_task(prober.run(), name=f"probes {self.w.ref}/{self.c.name}")
-        exited = asyncio.create_task(sup.wait(inst))
-        failed = asyncio.create_task(prober.failed.wait())
+        probes = guarded.spawn(prober.run(), name=f"probes {self.w.ref}/{self.c.name}", task="probes", logger=log)
+        exited = guarded.spawn(sup.wait(inst), name=f"exit waiter {self.w.ref}/{self.c.name}", task="exit-waiter", logger=log)
+        failed = guarded.spawn(prober.failed.wait(), name=f"probe failure {self.w.ref}/{self.c.name}", task="probe-failure", logger=log)
         try:
             done, _ = await asyncio.wait([exited, failed], return_when=asyncio.FIRST_COMPLETED)
             if exited in done:
+                if sup.orphaned(inst):
+                    return await self._stop_orphaned(inst)
                 return exited.result()
             await self.w.event("Normal", "Killing", f"Container {self.c.name} {prober.failure}, will be restarted", container=self.c.name)
             return await sup.stop(inst, grace=float(self.spec.termination_grace_period_seconds))
         finally:
-            for t in (probes, exited, failed):
-                t.cancel()
+            await guarded.cancel_and_wait([probes, exited, failed])
             self.prober = None
             self.view.ready = False
+
+    async def _stop_orphaned(self, inst: Instance) -> ExitInfo:
+        """The instance's shim died and its server lives on: the server is stopped (as on
+        deletion, within the grace period) so that the next instance gets the port."""
+        message = (f"The shim of container {self.c.name} (pid {inst.shim_pid}) died while its server (pid {inst.server_pid()}) "
+                   "ran; stopping the server, the container will be restarted")
+        log.warning("pod %s: %s", self.w.ref, message)
+        await self.w.event("Warning", "ShimDied", message, container=self.c.name)
+        return await self.ctx.supervisor.stop(inst, grace=float(self.spec.termination_grace_period_seconds))
 
     def _probe_changed(self) -> None:
         p = self.prober

@@ -4,7 +4,9 @@ It exists so that a server outlives an agent restart without losing anything: th
 not the agent, holds the server's stdout/stderr pipes (written as CRI log lines with
 rotation) and is the process that reaps it, so the exit code is recorded in an exit file
 even if the agent was down when the server died. SIGTERM/SIGINT are forwarded to the
-server. Standard library only, run by path, to keep its footprint small.
+server. The server stays in the shim's process group, recorded in the pid file, so that
+the agent can kill it even if the shim is gone. Standard library only, run by path, to keep
+its footprint small.
 
     python shim.py --log FILE --exit-file FILE [--max-bytes N] [--max-files K] -- CMD...
 """
@@ -68,7 +70,9 @@ def main(argv: list[str]) -> int:
         log.write("stderr", f"vnode: cannot start {cmd[0]}: {exc.strerror}".encode(), partial=False)
         _write_exit(args.exit_file, code=128, signal_number=None, reason="StartError", message=str(exc))
         return 0
-    _atomic_write(args.pid_file, json.dumps({"pid": child.pid}))
+    # The server's process group is the shim's (its session): recorded with the pid so that
+    # the agent can still reach, and kill, a server whose shim died (supervisor.py).
+    _atomic_write(args.pid_file, json.dumps({"pid": child.pid, "pgid": os.getpgid(child.pid)}))
 
     def forward(signum: int, _frame: object) -> None:
         try:

@@ -1,14 +1,18 @@
 """Starting, watching, stopping and re-adopting native server processes.
 
 Each container instance runs under a shim (shim.py) in its own session; a state file per
-container records the shim's pid and start time, so a restarted agent finds its servers
-again (`adopt`) instead of restarting them: no model reload, no port change. A recorded
-pid whose start time no longer matches is never signalled.
+container records the shim's pid and start time and the instance's process group, so a
+restarted agent finds its servers again (`adopt`) instead of restarting them: no model
+reload, no port change. A server can outlive its shim (kill -9 of the shim): it is still
+found through the recorded group and killed with it (`stop`), never left holding its port
+and memory. Nothing is signalled unless a member of the group is proven ours: the shim by
+its start time, the server by its group, command line and start time (pid reuse).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -28,6 +32,7 @@ from vnode.provider.spec import LaunchSpec
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
+SHIM_RECORD_SECONDS = 2.0  # after SIGKILL of a server, how long its shim gets to record the exit
 # The server gets these on top of the pod's env: enough to run, nothing of the agent's.
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TMPDIR", "TZ")
 
@@ -54,6 +59,10 @@ class Instance:
     exit_path: str
     pid_path: str
     args: list[str]
+    # The process group of the shim and its server (the shim's pid: its own session); 0 in
+    # state files of older agents, where it was the shim's pid too.
+    pgid: int = 0
+    binary: str = ""  # the server's argv[0]: with `args`, how a server is recognised as ours
     # For stats (/stats/summary, /metrics/cadvisor); empty in state files of older agents.
     image: str = ""
     sandbox: str = ""  # the pod's working directory (its containers' rootfs in the stats)
@@ -65,6 +74,10 @@ class Instance:
 
     def started_rfc3339(self) -> str:
         return _rfc3339(self.started_at)
+
+    @property
+    def group(self) -> int:
+        return self.pgid or self.shim_pid
 
     def server_pid(self) -> int | None:
         try:
@@ -80,6 +93,27 @@ class ExitInfo:
     reason: str
     message: str
     finished_at: str
+
+
+def server_process(inst: Instance) -> psutil.Process | None:
+    """The instance's server while it runs, found from the shim's pid file even after the
+    shim died; None unless the process is provably that server: still in the recorded
+    group, started after the shim, running the recorded command."""
+    pid = inst.server_pid()
+    if pid is None:
+        return None
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE or os.getpgid(pid) != inst.group:
+            return None
+        if inst.shim_start and p.create_time() < inst.shim_start - 1.0:
+            return None
+        cmdline = p.cmdline()
+        if cmdline[1:] != inst.args or (inst.binary and cmdline[:1] != [inst.binary]):
+            return None
+        return p
+    except (psutil.Error, OSError):
+        return None
 
 
 class Supervisor:
@@ -104,8 +138,15 @@ class Supervisor:
         return self.container_dir(pod_uid, container) / f"{instance}.log"
 
     async def start(self, spec: LaunchSpec, *, model_path: Path | None, instance: int) -> Instance:
+        """A new instance of the container. One container never has two: whatever is left of
+        the one its state file records (a server whose shim died) is killed first."""
         cdir = self.container_dir(spec.pod_uid, spec.container)
         cdir.mkdir(parents=True, exist_ok=True)
+        previous = self._load(self._state_file(spec.pod_uid, spec.container))
+        if previous is not None and self.alive(previous):
+            log.warning("container %s of %s/%s: instance %d is still running; killing it before starting instance %d",
+                        spec.container, spec.namespace, spec.pod_name, previous.instance, instance)
+            await self.stop(previous, grace=0)
         Path(spec.workdir).mkdir(parents=True, exist_ok=True)
         for stale in (f"{instance}.exit.json", f"{instance}.pid.json"):
             (cdir / stale).unlink(missing_ok=True)
@@ -138,6 +179,7 @@ class Supervisor:
             instance=instance, shim_pid=proc.pid, shim_start=shim_start, started_at=dt.datetime.now().timestamp(),
             port=spec.port, host=spec.host, log_path=str(log_path), exit_path=str(exit_path), pid_path=str(pid_path),
             args=args, image=spec.image, sandbox=str(self.sandbox(spec.pod_uid)), volumes=dict(spec.host_volumes),
+            pgid=self._pgid(proc.pid), binary=spec.binary,
         )
         self._save(inst)
         log.info("started %s/%s container %s (instance %d, pid %d)", spec.namespace, spec.pod_name, spec.container, instance, proc.pid)
@@ -146,13 +188,31 @@ class Supervisor:
     def _state_file(self, pod_uid: str, container: str) -> Path:
         return self.container_dir(pod_uid, container) / "state.json"
 
+    @staticmethod
+    def _pgid(pid: int) -> int:
+        try:
+            return os.getpgid(pid)
+        except ProcessLookupError:  # the shim is gone already; it was its own group's leader
+            return pid
+
+    @staticmethod
+    def _load(path: Path) -> Instance | None:
+        try:
+            return Instance(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError):
+            log.warning("ignoring unreadable state file %s", path)
+            return None
+
     def _save(self, inst: Instance) -> None:
         path = self._state_file(inst.pod_uid, inst.container)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(inst)))
         os.replace(tmp, path)
 
-    def alive(self, inst: Instance) -> bool:
+    def shim_alive(self, inst: Instance) -> bool:
+        """The instance's shim runs (it, not the agent, reaps the server and records its exit)."""
         child = self._children.get(inst.shim_pid)
         if child is not None:
             return child.returncode is None
@@ -162,63 +222,119 @@ class Supervisor:
         except psutil.NoSuchProcess:
             return False
 
+    def server_process(self, inst: Instance) -> psutil.Process | None:
+        return server_process(inst)
+
+    def alive(self, inst: Instance) -> bool:
+        """Anything of the instance runs: its shim, or its server (whose shim may be dead)."""
+        return self.shim_alive(inst) or self.server_process(inst) is not None
+
+    def orphaned(self, inst: Instance) -> bool:
+        """Its server runs without its shim: nobody reads its output or will record its exit."""
+        return not self.shim_alive(inst) and self.server_process(inst) is not None
+
     async def wait(self, inst: Instance) -> ExitInfo:
-        """Until the instance exits; its exit as the shim recorded it."""
+        """Until the instance's shim exits; its exit as the shim recorded it. The server may
+        outlive a shim that was killed: see `orphaned` and `stop`."""
         child = self._children.get(inst.shim_pid)
         if child is not None:
             await child.wait()
             self._children.pop(inst.shim_pid, None)
         else:
-            while self.alive(inst):
+            while self.shim_alive(inst):
                 await asyncio.sleep(POLL_SECONDS)
         return self.exit_info(inst)
 
+    async def _gone(self, inst: Instance) -> None:
+        """Until neither the shim nor the server of the instance runs."""
+        await self.wait(inst)
+        while self.server_process(inst) is not None:
+            await asyncio.sleep(POLL_SECONDS)
+
     def exit_info(self, inst: Instance) -> ExitInfo:
+        recorded = self._recorded_exit(inst)
+        if recorded is not None:
+            return recorded
+        # The shim itself was killed: like the kubelet, report it as unknown with 137.
+        return ExitInfo(137, signal.SIGKILL, "ContainerStatusUnknown",
+                        "the container's process disappeared without an exit status", _rfc3339(dt.datetime.now().timestamp()))
+
+    @staticmethod
+    def _recorded_exit(inst: Instance) -> ExitInfo | None:
         try:
             data = json.loads(Path(inst.exit_path).read_text())
             sig = data.get("signal")
             message = data.get("message") or (describe_signal(sig) if sig else "")
             return ExitInfo(int(data["exitCode"]), sig, data.get("reason") or "Error",
                             message, data.get("finishedAt") or _rfc3339(dt.datetime.now().timestamp()))
-        except (OSError, ValueError, KeyError):
-            # The shim itself was killed: like the kubelet, report it as unknown with 137.
-            return ExitInfo(137, signal.SIGKILL, "ContainerStatusUnknown",
-                            "the container's process disappeared without an exit status", _rfc3339(dt.datetime.now().timestamp()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     async def stop(self, inst: Instance, *, grace: float) -> ExitInfo:
-        """SIGTERM (the shim forwards it), wait `grace` seconds, then SIGKILL the whole group."""
-        if self.alive(inst):
-            self._signal(inst, signal.SIGTERM, group=False)
-            try:
-                return await asyncio.wait_for(self.wait(inst), timeout=max(grace, 0.0))
-            except TimeoutError:
-                log.info("container %s of %s did not stop within %.0fs; killing it", inst.container, inst.pod_name, grace)
-                self._signal(inst, signal.SIGKILL, group=True)
-        return await self.wait(inst)
-
-    def _signal(self, inst: Instance, sig: signal.Signals, *, group: bool) -> None:
-        if not self.alive(inst):
-            return
+        """SIGTERM, wait `grace` seconds, then SIGKILL; returns when nothing of the instance
+        runs. SIGTERM goes to the shim, which forwards it and records the exit; a server
+        whose shim died gets it directly. SIGKILL goes to the server first (so the shim still
+        records the exit), then to the whole recorded group for whatever is left."""
+        shimless = not self.shim_alive(inst)
+        if shimless and self.server_process(inst) is None:
+            return self.exit_info(inst)
+        if shimless:
+            log.warning("container %s of %s/%s lost its shim (pid %d); stopping its server (pid %s) through its process group %d",
+                        inst.container, inst.namespace, inst.pod_name, inst.shim_pid, inst.server_pid(), inst.group)
+            self._signal_group(inst, signal.SIGTERM)
+        else:
+            self._signal_shim(inst, signal.SIGTERM)
+        killed = False
         try:
-            if group:
-                os.killpg(inst.shim_pid, sig)
-            else:
+            await asyncio.wait_for(self._gone(inst), timeout=max(grace, 0.0))
+        except TimeoutError:
+            log.info("container %s of %s did not stop within %.0fs; killing it", inst.container, inst.pod_name, grace)
+            killed = True
+            server = self.server_process(inst)
+            if server is not None and not shimless:
+                with contextlib.suppress(psutil.Error):
+                    server.send_signal(signal.SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wait(inst), timeout=SHIM_RECORD_SECONDS)
+            self._signal_group(inst, signal.SIGKILL)
+            await self._gone(inst)
+        recorded = self._recorded_exit(inst)
+        if recorded is not None:
+            return recorded
+        now = _rfc3339(dt.datetime.now().timestamp())
+        if shimless:
+            return ExitInfo(137, None, "ContainerStatusUnknown",
+                            "vnode's shim of the container died while its server ran; the server was stopped "
+                            "(its exit status is unknown)", now)
+        if killed:
+            return ExitInfo(137, signal.SIGKILL, "Error", describe_signal(signal.SIGKILL), now)
+        return self.exit_info(inst)
+
+    def _signal_shim(self, inst: Instance, sig: signal.Signals) -> None:
+        if self.shim_alive(inst):
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(inst.shim_pid, sig)
-        except ProcessLookupError:
-            pass
+
+    def _signal_group(self, inst: Instance, sig: signal.Signals) -> None:
+        """killpg of the recorded group, if a member of it is provably this instance's: a
+        group number is free for reuse once all its members are gone."""
+        if self.alive(inst):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(inst.group, sig)
 
     def adopt(self) -> list[Instance]:
         """Instances recorded by an earlier agent, alive or not (their exit file tells)."""
-        found = []
-        for path in self.root.glob("*/containers/*/state.json"):
-            try:
-                found.append(Instance(**json.loads(path.read_text())))
-            except (OSError, ValueError, TypeError):
-                log.warning("ignoring unreadable state file %s", path)
-        return found
+        return [inst for path in self.root.glob("*/containers/*/state.json") if (inst := self._load(path)) is not None]
 
     async def remove_pod(self, pod_uid: str) -> None:
-        """Forget a pod whose processes are all stopped: state, logs and sandbox."""
+        """Forget a pod whose processes are all stopped: state, logs and sandbox. A process
+        still running (a server whose shim died unnoticed) is killed first: once its state
+        file is gone, nothing would find it again."""
+        for path in self.pod_dir(pod_uid).glob("containers/*/state.json"):
+            inst = self._load(path)
+            if inst is not None and self.alive(inst):
+                log.warning("container %s of %s/%s still runs as its pod goes; killing it", inst.container, inst.namespace, inst.pod_name)
+                await self.stop(inst, grace=0)
         await asyncio.to_thread(shutil.rmtree, self.pod_dir(pod_uid), True)
 
     async def close(self) -> None:

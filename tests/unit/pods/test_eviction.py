@@ -338,6 +338,36 @@ async def test_run_survives_a_bad_round_and_stops_when_cancelled():
         await task
 
 
+
+async def test_a_bug_in_every_round_is_logged_once_and_counted(caplog):
+    """A programming error repeats every round: one ERROR with its traceback, not one per
+    interval forever, and each round counted in vnode_task_failures_total."""
+    import asyncio
+    import logging
+
+    from vnode.event_metrics import TASK_FAILURES
+
+    reads = []
+
+    async def buggy():
+        reads.append(1)
+        return {}["available"]
+
+    before = TASK_FAILURES.labels(task="eviction-round")._value.get()
+    m = EvictionManager(thresholds=HARD, read_host=buggy, capacity=CAPACITY, pods=list, running=list, evict=Fakes([]).evict,
+                        interval=0.01, transition_seconds=5)
+    with caplog.at_level(logging.DEBUG, logger="vnode.pods.eviction"):
+        task = asyncio.create_task(m.run())
+        for _ in range(200):
+            if len(reads) >= 5:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(reads) >= 5 and len(errors) == 1 and errors[0].exc_info[0] is KeyError
+    assert TASK_FAILURES.labels(task="eviction-round")._value.get() - before == len(reads)
+
 async def test_the_controllers_narrow_view():
     """active_pods: what may still run; evict: hands over to the pod's worker, once."""
     import asyncio

@@ -8,6 +8,7 @@ import functools
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from vnode.pods.probe_stats import ProbeStats
@@ -43,13 +44,26 @@ async def test_a_missing_command_is_a_failed_probe(tmp_path: Path) -> None:
 
 
 async def test_timeout_kills_the_command_group(tmp_path: Path) -> None:
+    """Both children of the probe's shell, the background one and the foreground one, are
+    killed with it: each writes its pid, and the test checks those processes, not the shell."""
     started = time.monotonic()
-    ok, detail = await _once(_probe(["sh", "-c", "sleep 30 & sleep 30; echo never"]), tmp_path)
+    script = 'sleep 30 & echo $! > bg.pid; sh -c \'echo $$ > fg.pid; exec sleep 30\'; echo never'
+    ok, detail = await _once(_probe(["sh", "-c", script]), tmp_path)
     assert not ok and detail == "probe timed out after 1s"
     assert time.monotonic() - started < 5
-    proc = await asyncio.create_subprocess_exec("pgrep", "-f", "sleep 30 & sleep 30", stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    assert out == b"", "the probe's process group is gone"
+    children = [int((tmp_path / name).read_text()) for name in ("bg.pid", "fg.pid")]
+    for _ in range(20):  # SIGKILL is delivered at once; the reaping by init may take a moment
+        if not [pid for pid in children if _running(pid)]:
+            break
+        await asyncio.sleep(0.05)
+    assert not [pid for pid in children if _running(pid)], "the probe's process group is gone, its children too"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 async def test_without_the_operators_consent_an_exec_probe_never_runs(tmp_path: Path) -> None:
@@ -118,3 +132,86 @@ async def test_an_attempt_vnode_cannot_make_is_unknown() -> None:
                              on_unhealthy=unhealthy, stats=stats.recorder({"metadata": {"name": "p", "namespace": "n", "uid": "u"}}, "c"))
     await asyncio.wait_for(prober.run(), 5)
     assert prober.failed.is_set() and stats.totals() == {("Liveness", "unknown"): 1}
+
+
+
+async def test_a_bug_in_an_attempt_is_logged_once_and_probing_goes_on(monkeypatch, caplog) -> None:
+    """As the kubelet throws away a prober error: no result (readiness does not flip), the
+    traceback once at ERROR, every such attempt counted, and the next attempts still run."""
+    from vnode.event_metrics import TASK_FAILURES
+    from vnode.pods import prober as prober_module
+
+    attempts = []
+
+    async def buggy_then_fine(probe, **_kw):
+        attempts.append(1)
+        if len(attempts) <= 3:
+            raise KeyError("port")
+        return True, ""
+
+    monkeypatch.setattr(prober_module, "probe_once", buggy_then_fine)
+    before = TASK_FAILURES.labels(task="probe-attempt")._value.get()
+    changes: list[bool] = []
+
+    async def unhealthy(kind: str, detail: str) -> None:
+        changes.append(False)
+
+    container = _container(readinessProbe={"exec": {"command": ["true"]}, "periodSeconds": 1, "failureThreshold": 1})
+    prober = ContainerProber(container, host="127.0.0.1", session=None, on_change=lambda: changes.append(prober.ready),  # type: ignore[arg-type]
+                             on_unhealthy=unhealthy)
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep)
+    with caplog.at_level("DEBUG", logger="vnode.pods.prober"):
+        task = asyncio.create_task(prober.run())
+        try:
+            for _ in range(200):
+                if prober.ready:
+                    break
+                await _real_sleep(0.01)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert prober.ready and changes == [True], "the failed attempts were no results, not failures"
+    errors = [r for r in caplog.records if r.levelno >= 40]
+    assert len(errors) == 1 and errors[0].exc_info[0] is KeyError
+    assert TASK_FAILURES.labels(task="probe-attempt")._value.get() == before + 3
+
+
+_real_sleep = asyncio.sleep
+
+
+async def _fast_sleep(delay: float, result=None):
+    return await _real_sleep(min(delay, 0.01), result)
+
+
+async def test_a_probe_loop_that_dies_leaves_no_sibling_running(monkeypatch) -> None:
+    """Readiness dies of a bug: liveness goes on under run(), and when run() is cancelled
+    both are gone (with gather() the sibling would keep probing, owned by nobody)."""
+    attempts: list[str] = []
+
+    async def counting(probe, **_kw):
+        attempts.append("probe")
+        return True, ""
+
+    async def broken_readiness(self, probe):
+        raise TypeError("a bug")
+
+    from vnode.pods import prober as prober_module
+
+    monkeypatch.setattr(prober_module, "probe_once", counting)
+    monkeypatch.setattr(ContainerProber, "_readiness", broken_readiness)
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep)
+    container = _container(readinessProbe={"exec": {"command": ["true"]}}, livenessProbe={"exec": {"command": ["true"]}, "periodSeconds": 1})
+
+    async def unhealthy(kind: str, detail: str) -> None:
+        pass
+
+    prober = ContainerProber(container, host="127.0.0.1", session=None, on_change=lambda: None,  # type: ignore[arg-type]
+                             on_unhealthy=unhealthy)
+    task = asyncio.create_task(prober.run())
+    await _real_sleep(0.1)
+    assert attempts, "liveness runs on after readiness died"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    seen = len(attempts)
+    await _real_sleep(0.1)
+    assert len(attempts) == seen, "no probe loop runs after its prober was cancelled"

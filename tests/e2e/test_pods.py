@@ -13,6 +13,7 @@ import re
 import signal
 import time
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -311,12 +312,21 @@ def test_model_too_big_for_the_budget(cluster, ns, mac):
     mac.start(*mac.args, "--memory-fraction=0.01", "--kubelet-port=10252", name=small)
     wait_for(lambda: node_ready(cluster, small), timeout=60, what=f"{small} Ready")
     try:
+        hub_log = Path(cluster.state.directory) / "logs" / "hfserver.log"
+        seen = len(hub_log.read_text().splitlines())
         apply(cluster, ns, deployment("huge", port=8101, node=small))
         failed = wait_for(lambda: [p for p in pods(cluster, ns, "huge") if p["status"].get("reason") == "InsufficientMemory"],
                           timeout=120, what="InsufficientMemory")
         message = failed[0]["status"]["message"]
         assert failed[0]["status"]["phase"] == "Failed" and "MiB" in message and "budget" in message
+        assert "estimated from the model's header, before downloading it" in message, message
         assert server_pid(8101) is None, "nothing may be loaded for a pod that does not fit"
+        # Refused on its header: the hub saw only Range requests for the front of the file.
+        hits = [json.loads(line)["request"] for line in hub_log.read_text().splitlines()[seen:] if '"request"' in line]
+        files = [h for h in hits if h["kind"] == "resolve" and h["method"] == "GET"]
+        assert files and all((h["range"] or "").startswith("bytes=0-") for h in files), files
+        store = Path(cluster.state.directory) / "agents" / small / "models"
+        assert not [p for p in store.rglob("*.gguf*") if ".heads" not in p.parts], "the body was not downloaded"
     finally:
         cluster.kubectl("delete", "deployment", "huge", "-n", ns, "--wait=false", check=False)
         mac.stop(mac.started[-1])

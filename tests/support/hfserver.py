@@ -16,8 +16,8 @@ import json
 import os
 import re
 import signal
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -72,6 +72,7 @@ class HubServer:
         self.corrupt: set[str] = set(corrupt)
         self.throttle = throttle
         self.requests: list[Hit] = []
+        self.on_request: Callable[[Hit], None] | None = None  # the process prints each one (its request log)
         self.url: str | None = None
         self._sha: dict[tuple[str, str], str] = {}
         self._runner: web.AppRunner | None = None
@@ -175,6 +176,8 @@ class HubServer:
                 status=response.status,
             )
         )
+        if self.on_request is not None:
+            self.on_request(self.requests[-1])
         return response
 
     def _check(self, request: web.Request, repo: str, rev: str | None, *, api: bool) -> None:
@@ -386,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         corrupt=args.corrupt,
         throttle=args.throttle,
     )
+    server.on_request = lambda hit: print(json.dumps({"request": asdict(hit)}), flush=True)
     asyncio.run(_serve(server))
 
 

@@ -69,6 +69,11 @@ class PodContext:
     probe_stats: ProbeStats | None = None  # each probe attempt, for /metrics/probes
 
 
+def _estimate_params(launch: LaunchSpec) -> dict:
+    return {"ctx_size": launch.ctx_size, "parallel": launch.parallel, "cache_type_k": launch.cache_type_k,
+            "cache_type_v": launch.cache_type_v, "kv_unified": launch.kv_unified}
+
+
 class ContainerFailed(Exception):
     """The container cannot start as specified; it waits with this reason (and, if
     `retry`, tries again later because the cause may go away)."""
@@ -320,17 +325,35 @@ class ContainerRunner:
             raise ContainerFailed(exc.reason, exc.message) from None
         adopted_alive = self.adopted is not None and self.ctx.supervisor.alive(self.adopted)
         self.ctx.ports.claim(launch.port, pod_uid=w.uid, pod_ref=w.ref, probe_socket=not adopted_alive)
+        if launch.model is not None and not adopted_alive:
+            await self._admit_from_header(launch)
         model_path = await self._model(launch)
         if model_path is not None:
             try:
-                estimate = await estimate_in_subprocess(
-                    model_path, ctx_size=launch.ctx_size, parallel=launch.parallel,
-                    cache_type_k=launch.cache_type_k, cache_type_v=launch.cache_type_v, kv_unified=launch.kv_unified,
-                )
+                estimate = await estimate_in_subprocess(model_path, **_estimate_params(launch))
             except EstimateError as exc:
                 raise ContainerFailed(exc.reason, exc.message) from None
             self.ctx.budget.reserve((w.uid, c.name), estimate.total_bytes, what=f"container {c.name} ({estimate.describe()})")
         return launch, model_path
+
+    async def _admit_from_header(self, launch: LaunchSpec) -> None:
+        """Refuse a model too big for the budget before downloading it: its GGUF header,
+        fetched with Range requests, is enough for the estimate (AdmissionError
+        InsufficientMemory). Without a header the estimate waits for the download."""
+        assert launch.model is not None
+        got = await self.ctx.models.header(launch.model, token=launch.hf_token)
+        if got is None:
+            return
+        head, total = got
+        try:
+            estimate = await estimate_in_subprocess(head, model_bytes=total, use_cache=False, **_estimate_params(launch))
+        except EstimateError:
+            return  # the download and the estimate of the whole file say what is wrong
+        finally:
+            await asyncio.to_thread(head.unlink, missing_ok=True)
+        self.ctx.budget.reserve((self.w.uid, self.c.name), estimate.total_bytes,
+                                what=f"container {self.c.name} ({estimate.describe()}; estimated from the model's header, "
+                                     "before downloading it)")
 
     async def _model(self, launch: LaunchSpec) -> Path | None:
         if launch.model is None:

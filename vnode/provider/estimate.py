@@ -415,6 +415,44 @@ def _fast_reader_class() -> type[GGUFReader]:
     return _FastGGUFReader
 
 
+def _header_reader_class() -> type[GGUFReader]:
+    """The fast reader for the front of a file: metadata and tensor infos, no tensor data
+    (which a header fetched with a Range request does not have)."""
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.gguf_reader import ReaderTensor
+
+    class _HeaderReader(_fast_reader_class()):  # type: ignore[misc]
+        def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
+            tensors = []
+            for field in fields:
+                _, name_data, _, dims, raw_dtype, offset_tensor = field.parts
+                ggml_type = GGMLQuantizationType(raw_dtype[0])
+                n_elems = int(np.prod(dims))
+                block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+                tensors.append(ReaderTensor(
+                    name=str(bytes(name_data), encoding="utf-8"), tensor_type=ggml_type, shape=dims, n_elements=n_elems,
+                    n_bytes=n_elems * type_size // block_size, data_offset=int(start_offs + offset_tensor[0]),
+                    data=np.empty(0, dtype=np.uint8), field=field))
+            self.tensors = tensors
+
+    return _HeaderReader
+
+
+def read_gguf_header(path: Path) -> tuple[dict[str, object], int]:
+    """(metadata, tensor bytes of this file) from the front of a GGUF file, as a Range request
+    fetches it. Raises EstimateError("HeaderIncomplete") when the prefix ends inside the
+    header (fetch more), InvalidModel when it is not GGUF."""
+    try:
+        return _read(Path(path), _header_reader_class(), header_only=True)
+    except _Truncated as exc:
+        raise EstimateError("HeaderIncomplete", str(exc)) from None
+
+
+class _Truncated(Exception):
+    """The header runs past the end of the bytes at hand."""
+
+
 def _plain(value: Any) -> object:
     if isinstance(value, (bytes, bytearray)):
         return value.decode("utf-8", errors="replace")
@@ -426,7 +464,7 @@ def _plain(value: Any) -> object:
 _SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
-def _open(path: Path, reader_cls: type[GGUFReader]) -> GGUFReader:
+def _open(path: Path, reader_cls: type[GGUFReader], *, header_only: bool = False) -> GGUFReader:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -451,13 +489,15 @@ def _open(path: Path, reader_cls: type[GGUFReader]) -> GGUFReader:
     try:
         reader = reader_cls(path, "r")
     except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
+        if header_only:
+            raise _Truncated(f"{path} ({size} bytes) ends inside the GGUF header: {exc}") from None
         raise EstimateError(
             "InvalidModel",
             f"{path} is a truncated or corrupt GGUF file ({size} bytes; its header could not be read: {exc}); "
             "was the download interrupted?",
         ) from None
     end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=int(reader.data_offset))
-    if end > size:
+    if end > size and not header_only:
         raise EstimateError(
             "InvalidModel",
             f"{path} is truncated: it has {size} bytes but its tensors need {end}; was the download interrupted?",
@@ -472,9 +512,11 @@ def read_gguf(path: Path) -> tuple[dict[str, object], int]:
     model (`-00001-of-0000N.gguf`) pass the first shard: tensor bytes are summed over all.
     Raises EstimateError (ModelNotFound, InvalidModel) with a plain-words message.
     """
-    path = Path(path)
-    reader_cls = _fast_reader_class()
-    reader = _open(path, reader_cls)
+    return _read(Path(path), _fast_reader_class())
+
+
+def _read(path: Path, reader_cls: type[GGUFReader], *, header_only: bool = False) -> tuple[dict[str, object], int]:
+    reader = _open(path, reader_cls, header_only=header_only)
     meta: dict[str, object] = {}
     for name, field in reader.fields.items():
         if name.startswith("GGUF."):
@@ -486,7 +528,7 @@ def read_gguf(path: Path) -> tuple[dict[str, object], int]:
     tensor_bytes = sum(int(t.n_bytes) for t in reader.tensors)
 
     split_count = meta.get("split.count")
-    if isinstance(split_count, int) and split_count > 1:
+    if isinstance(split_count, int) and split_count > 1 and not header_only:
         m = _SPLIT_RE.match(path.name)
         if m is None:
             raise EstimateError(
@@ -503,9 +545,17 @@ def read_gguf(path: Path) -> tuple[dict[str, object], int]:
     return meta, tensor_bytes
 
 
-def estimate_file(path: Path, **params: Any) -> MemoryEstimate:
-    """read_gguf + estimate_from_metadata. Params as estimate_from_metadata (ctx_size defaults to None)."""
-    meta, tensor_bytes = read_gguf(Path(path))
+def estimate_file(path: Path, *, model_bytes: int | None = None, **params: Any) -> MemoryEstimate:
+    """read_gguf + estimate_from_metadata. Params as estimate_from_metadata (ctx_size defaults to None).
+
+    With `model_bytes`, `path` is only the front of the model (its header, fetched before the
+    download) and the weights are taken to be the model's file sizes: a little more than the
+    tensors, as the headers count too."""
+    if model_bytes is None:
+        meta, tensor_bytes = read_gguf(Path(path))
+    else:
+        meta, _ = read_gguf_header(Path(path))
+        tensor_bytes = model_bytes
     params.setdefault("ctx_size", None)
     try:
         return estimate_from_metadata(meta, tensor_bytes, **params)
@@ -594,30 +644,33 @@ def _cli_args(path: Path, params: dict[str, Any]) -> list[str]:
 
 
 async def estimate_in_subprocess(
-    path: Path, *, python: str = sys.executable, timeout: float = _DEFAULT_TIMEOUT, use_cache: bool = True, **params: Any
+    path: Path, *, python: str = sys.executable, timeout: float = _DEFAULT_TIMEOUT, use_cache: bool = True,
+    model_bytes: int | None = None, **params: Any
 ) -> MemoryEstimate:
     """Estimate in a child `python -m vnode.provider.estimate` (gguf/numpy stay out of the agent).
 
     Results are cached next to the model as `<path>.estimate.json`, keyed by the file's size
     and mtime_ns and by the parameters, so the child runs once per model and parameters.
     Raises EstimateError (ModelNotFound, InvalidModel, InvalidArgument, Timeout, EstimateFailed).
+    With `model_bytes`, `path` is the model's header only (estimate_file).
     """
     path = Path(path)
     resolved = _check_params(params)
+    extra = ["--model-bytes", str(model_bytes)] if model_bytes is not None else []
     try:
         stat = path.stat()
     except FileNotFoundError:
         raise EstimateError("ModelNotFound", f"model file {path} does not exist") from None
     except OSError as exc:
         raise EstimateError("InvalidModel", f"model file {path} cannot be read: {exc.strerror or exc}") from None
-    key = json.dumps(resolved, sort_keys=True)
+    key = json.dumps({**resolved, "model_bytes": model_bytes} if model_bytes is not None else resolved, sort_keys=True)
     if use_cache:
         cached = _cache_read(path, stat, key)
         if cached is not None:
             return cached
 
     proc = await asyncio.create_subprocess_exec(
-        python, "-m", "vnode.provider.estimate", *_cli_args(path, resolved),
+        python, "-m", "vnode.provider.estimate", *_cli_args(path, resolved), *extra,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env=python_child_env(dict(os.environ)),
     )
@@ -662,10 +715,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flash-attn", "-fa", choices=("on", "off", "auto"), default="auto", help="auto counts as on")
     parser.add_argument("--swa-full", action="store_true")
     parser.add_argument("--kv-unified", action="store_true")
+    parser.add_argument("--model-bytes", type=int, default=None,
+                        help="PATH is only the model's header (fetched with a Range request); the files total this many bytes")
     args = parser.parse_args(argv)
     try:
         estimate = estimate_file(
-            args.path, ctx_size=args.ctx_size or None, parallel=args.parallel,
+            args.path, model_bytes=args.model_bytes, ctx_size=args.ctx_size or None, parallel=args.parallel,
             cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v, n_ubatch=args.ubatch_size,
             flash_attn=args.flash_attn != "off", swa_full=args.swa_full, kv_unified=args.kv_unified,
         )

@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 INDEX_NAME = "index.json"
+HEADER_FIRST_BYTES = 4 << 20  # a 262k-token vocabulary makes a header of about 7 MiB
+HEADER_MAX_BYTES = 64 << 20
 DEFAULT_QUANT = "Q4_K_M"  # what llama.cpp's -hf picks when no quant is given
 GGUF_MAGIC = b"GGUF"
 PROGRESS_INTERVAL = 0.25  # seconds between progress lines (~4 per second)
@@ -289,6 +291,67 @@ class _Fetcher:
         with self._hub_errors():
             return self._hf() if kind == "hf" else self._url()
 
+    def header(self) -> dict[str, Any]:
+        """The front of the model's first file (its GGUF header), fetched with Range requests
+        before anything else, so the agent can estimate the memory and refuse a model too big
+        for the node before downloading gigabytes. "header": null when there is nothing to
+        fetch (the model is in the store, offline) or the header cannot be read this way."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if lookup(self.root, self.source) is not None or self.offline or self.source.get("kind") not in ("hf", "url"):
+            return {"event": "done", "header": None}
+        with self._hub_errors():
+            if self.source["kind"] == "hf":
+                from huggingface_hub import hf_hub_url
+
+                repo, _, commit, _, plan = self._resolve_hf()
+                url, total = hf_hub_url(repo, plan[0][0], revision=commit, endpoint=self.endpoint), sum(p[3] or 0 for p in plan)
+                headers = self._headers(send_token=True)
+            else:
+                url = self.source.get("url") or ""
+                headers = self._headers(send_token=self._is_hub(url))
+                total = self._probe(url, headers)[1] or 0
+        if not total:
+            return {"event": "done", "header": None, "why": "the model's size is not known"}
+        dest = self.root / ".heads" / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".gguf")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        why = self._prefix(url, headers, dest)
+        if why:
+            dest.unlink(missing_ok=True)
+            return {"event": "done", "header": None, "why": why}
+        return {"event": "done", "header": str(dest), "total": total}
+
+    def _prefix(self, url: str, headers: dict[str, str], dest: Path) -> str | None:
+        """Fetch growing prefixes of `url` into `dest` until its GGUF header parses; None, or why not."""
+        import httpx2
+        from huggingface_hub.utils import get_session
+
+        from vnode.provider.estimate import EstimateError, read_gguf_header
+
+        session = get_session()
+        want = HEADER_FIRST_BYTES
+        while want <= HEADER_MAX_BYTES:
+            try:
+                with session.stream("GET", url, headers={**headers, "Range": f"bytes=0-{want - 1}"}, timeout=30) as r:
+                    if r.status_code not in (200, 206):
+                        return f"the server answered HTTP {r.status_code} to a Range request"
+                    got = 0
+                    with open(dest, "wb") as f:
+                        for chunk in r.iter_bytes():
+                            f.write(chunk[: want - got])
+                            got += len(chunk)
+                            if got >= want:
+                                break  # a server that ignores Range: stop reading, close
+            except httpx2.HTTPError as e:
+                return f"{type(e).__name__}: {e}"
+            try:
+                read_gguf_header(dest)
+                return None
+            except EstimateError as e:
+                if e.reason != "HeaderIncomplete" or dest.stat().st_size < want:
+                    return e.message
+            want *= 4
+        return f"the GGUF header is larger than {HEADER_MAX_BYTES >> 20} MiB"
+
     def _done(self, entry: dict[str, Any], *, cached: bool) -> dict[str, Any]:
         return {
             "event": "done",
@@ -335,8 +398,9 @@ class _Fetcher:
 
     # -- hf ----------------------------------------------------------------------------
 
-    def _hf(self) -> dict[str, Any]:
-        from huggingface_hub import HfApi, constants, hf_hub_url
+    def _resolve_hf(self) -> tuple[str, str, str, list[str], list[tuple[str, str, str | None, int | None]]]:
+        """(repo, revision, commit, files, plan of (name, store path, sha256, size)) of an -hf source."""
+        from huggingface_hub import HfApi, constants
 
         src = self.source
         repo = src.get("repo") or ""
@@ -366,6 +430,13 @@ class _Fetcher:
             sha = s.lfs.sha256.lower() if s.lfs and s.lfs.sha256 else None
             rel = f"hf/{repo}/{commit}/{_safe_rel(name)}"
             plan.append((name, rel, sha, size))
+        return repo, revision, commit, names, plan
+
+    def _hf(self) -> dict[str, Any]:
+        from huggingface_hub import hf_hub_url
+
+        src = self.source
+        repo, revision, commit, names, plan = self._resolve_hf()
         total = sum(p[3] or 0 for p in plan)
         self.emit({"event": "resolved", "repo": repo, "revision": revision, "commit": commit, "files": names, "total": total})
         headers = self._headers(send_token=True)
@@ -723,7 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         req = json.loads(args.json)
         _configure_env(req)
         _watch_parent()
-        emit(_Fetcher(req, emit).run())
+        fetcher = _Fetcher(req, emit)
+        emit(fetcher.header() if req.get("header") else fetcher.run())
         return 0
     except FetchError as e:
         emit({"event": "error", "reason": e.reason, "message": e.message})

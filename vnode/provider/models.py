@@ -25,11 +25,12 @@ from vnode import event_metrics
 from vnode.provider import fetch as _fetch
 from vnode.provider.diskusage import DirUsage, dir_usage
 from vnode.provider.spec import ModelSource
-from vnode.provider.subproc import python_child_env
+from vnode.provider.subproc import communicate, python_child_env
 
 __all__ = ["GGUF_MAGIC", "ModelError", "ModelStore", "ProgressCallback"]
 
 log = logging.getLogger(__name__)
+HEADER_TIMEOUT = 60.0  # resolving the repository and a few MiB of Range requests
 
 GGUF_MAGIC = b"GGUF"
 ProgressCallback = Callable[[int, int], None]
@@ -131,6 +132,35 @@ class ModelStore:
                 # Every caller was cancelled: stop the child (shielded, so a second cancel
                 # cannot leave it running).
                 await asyncio.shield(self._abort(dl))
+
+    async def header(self, source: ModelSource, *, token: str | None = None,
+                     timeout: float = HEADER_TIMEOUT) -> tuple[Path, int] | None:
+        """The GGUF header of a model that is not in the store yet, fetched with Range
+        requests, and the size of all its files: enough to estimate its memory before the
+        download. None when the model is local or the header cannot be had that way (the
+        estimate then waits for the download, as before)."""
+        if self._closed or source.kind == "path" or self.offline:
+            return None
+        if await asyncio.to_thread(_fetch.lookup, self.root, source.model_dump()) is not None:
+            return None  # in the store: the estimate reads the file itself
+        request = {"source": source.model_dump(), "store": str(self.root), "endpoint": self.endpoint,
+                   "offline": self.offline, "header": True}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.python, "-m", "vnode.provider.fetch", "--json", json.dumps(request), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self._child_env(token))
+            out, _ = await communicate(proc, timeout)
+        except (OSError, TimeoutError) as exc:
+            log.info("model header not fetched (%s): estimating after the download", exc, extra={"model": _label(source)})
+            return None
+        done = next((e for line in out.splitlines() if (e := _event(line)) and e.get("event") == "done"), None)
+        if not done or not done.get("header"):
+            why = (done or {}).get("why") or next((e.get("message") for line in out.splitlines() if (e := _event(line))
+                                                   and e.get("event") == "error"), None)
+            if why:
+                log.info("model header not fetched (%s): estimating after the download", why, extra={"model": _label(source)})
+            return None
+        return Path(done["header"]), int(done["total"])
 
     def progress(self) -> dict[str, tuple[int, int]]:
         """Running downloads: label (repo:quant, repo/file or URL) -> (downloaded, total) bytes; total 0 = unknown."""
@@ -330,6 +360,14 @@ def _call(callback: ProgressCallback, downloaded: int, total: int) -> None:
         callback(downloaded, total)
     except Exception:
         log.exception("model progress callback failed")
+
+
+def _event(line: bytes) -> dict[str, Any] | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
 
 
 async def _drain(stream: asyncio.StreamReader, tail: deque[str]) -> None:

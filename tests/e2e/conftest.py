@@ -109,7 +109,7 @@ class Agents:
         )
 
     def start(self, *extra: str, name: str = NODE, env: dict[str, str] | None = None, serving_cert: bool = True,
-              own_host: bool = False, kubeconfig: Path | None = None) -> Proc:
+              own_host: bool = False, kubeconfig: Path | None = None, client_ca: bool = True) -> Proc:
         """`vnode run` for node `name`. Test nodes share one network namespace, so each name
         gets its own kubelet port (NODE keeps 10250) unless the test picks one; with
         `own_host` the node is a Mac of its own (namespace, InternalIP) on port 10250.
@@ -126,7 +126,8 @@ class Agents:
             pki.node_credentials(pki_dir, node_name=name, node_ip=state.host_for(name).ns_ip)
         if not any(arg.startswith("--kubelet-port") for arg in extra):
             extra = (*extra, f"--kubelet-port={kubelet_port(name)}")
-        proc = self.cluster.start_agent(*extra, node_name=name, env=env, serving_cert=serving_cert, kubeconfig=kubeconfig)
+        proc = self.cluster.start_agent(*extra, node_name=name, env=env, serving_cert=serving_cert, kubeconfig=kubeconfig,
+                                       client_ca=client_ca)
         self.started.append(proc)
         return proc
 

@@ -102,8 +102,19 @@ def test_join_with_the_printed_token_then_run_gets_the_node_ready(cluster, agent
     who = json.loads(cluster.kubectl("auth", "whoami", "-o", "json", kubeconfig=kubeconfig).stdout)["status"]["userInfo"]
     assert who["username"] == f"system:node:{NAME}" and "system:nodes" in who["groups"]
 
-    agents.start(name=NAME, kubeconfig=kubeconfig)
+    # The node runs with exactly the printed flags (the harness only picks the kubelet port):
+    # its serving certificate from a kubelet-serving CSR, the API server's client certificate
+    # verified against the cluster CA join wrote.
+    assert (pki / "ca.crt").read_bytes() == (Path(cluster.state.directory) / "pki" / "ca.crt").read_bytes()
+    agents.start(*printed[2:], name=NAME, kubeconfig=kubeconfig, serving_cert=False, client_ca=False)
     wait_for(lambda: node_ready(cluster, NAME), timeout=60, what=f"{NAME} Ready")
+    serving = wait_for(lambda: [c["metadata"]["name"] for c in csrs_by(cluster, f"system:node:{NAME}")
+                                if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"], timeout=60,
+                       what="the kubelet-serving CSR")
+    cluster.kubectl("certificate", "approve", serving[0])
+    healthz = wait_for(lambda: (r := cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NAME}/proxy/healthz", check=False))
+                       .returncode == 0 and r, timeout=60, what="the kubelet API through the API server")
+    assert healthz.stdout.strip() == "ok", healthz
 
     # The same join again: nothing is asked for, nothing is written.
     before = (kubeconfig.read_bytes(), os.readlink(current), sorted(p.name for p in pki.iterdir()))

@@ -376,7 +376,7 @@ class LocalCluster:
             raise ClusterError(f"`kubectl {' '.join(args)}` failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
 
-    def agent_command(self, *extra: str, node_name: str | None = None, serving_cert: bool = True,
+    def agent_command(self, *extra: str, node_name: str | None = None, serving_cert: bool = True, client_ca: bool = True,
                       kubeconfig: Path | None = None) -> list[str]:
         """The command line of `vnode run` for this cluster's node, inside the node's namespace
         (with the node kubeconfig the cluster made, unless `kubeconfig` names another)."""
@@ -391,17 +391,18 @@ class LocalCluster:
             f"--log-dir={self.dir / 'agents' / name / 'logs'}",
             *([f"--tls-cert-file={pki_dir / f'node-{name}-serving.crt'}", f"--tls-private-key-file={pki_dir / f'node-{name}-serving.key'}"]
               if serving_cert else []),
-            f"--client-ca-file={pki_dir / 'ca.crt'}", *extra,
+            *([f"--client-ca-file={pki_dir / 'ca.crt'}"] if client_ca else []), *extra,
         ]
 
     def start_agent(self, *extra: str, node_name: str | None = None, env: dict[str, str] | None = None, serving_cert: bool = True,
+                    client_ca: bool = True,
                     kubeconfig: Path | None = None) -> Proc:
         """Start `vnode run` in the background and record it, so `down()` stops it too."""
         assert self.state is not None
         name = node_name or self.state.node_name
         runs = len(list((self.dir / "logs").glob(f"vnode-{name}.*.log")))
         log = self.dir / "logs" / f"vnode-{name}.{runs + 1}.log"
-        proc = processes.start(f"vnode-{name}", self.agent_command(*extra, node_name=name, serving_cert=serving_cert, kubeconfig=kubeconfig), log=log, env={**os.environ, **(env or {})})
+        proc = processes.start(f"vnode-{name}", self.agent_command(*extra, node_name=name, serving_cert=serving_cert, client_ca=client_ca, kubeconfig=kubeconfig), log=log, env={**os.environ, **(env or {})})
         self.state.procs.append(proc.to_dict())
         self.state.save()
         return proc

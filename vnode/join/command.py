@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import shlex
 import shutil
 import socket
@@ -24,6 +25,7 @@ from vnode.join.tls_bootstrap import BootstrapError, Existing, bootstrap, check_
 from vnode.service import command as service
 
 DEFAULT_STATE_DIR = default_state_dir()
+CLIENT_CA = "ca.crt"  # in the cert dir: --client-ca-file of the printed `vnode run`
 
 
 @dataclass(frozen=True)
@@ -59,26 +61,56 @@ def run_command(options: JoinOptions, host_ip: str) -> list[str]:
     """`vnode run` with what join decided; also what the launchd service runs."""
     return ["vnode", "run", f"--kubeconfig={options.kubeconfig}", f"--node-name={options.node_name}", f"--host-ip={host_ip}",
             *([f"--state-dir={options.state_dir}"] if options.state_dir != DEFAULT_STATE_DIR else []),
-            "--bootstrap-serving-cert"]
+            "--bootstrap-serving-cert", f"--client-ca-file={options.cert_dir / CLIENT_CA}"]
+
+
+async def _host_ip(options: JoinOptions) -> tuple[str | None, str]:
+    """The node's InternalIP, or why there is none: decided before anything is asked of the
+    cluster, so a join that could not run the node is refused without side effects."""
+    if options.host_ip is not None:
+        return options.host_ip, ""
+    try:
+        found = await asyncio.to_thread(route_address, options.server)
+    except OSError as exc:
+        return None, f"cannot find this machine's address on the route to {options.server} ({exc}); pass --host-ip"
+    ip = ipaddress.ip_address(found)
+    if ip.is_loopback or ip.is_link_local or ip.is_unspecified:
+        return None, (f"the API server {options.server} is reached over {found}, which no node or Endpoint can use (is the "
+                      "cluster on this machine, as kind on Docker Desktop?); pass --host-ip with the address the cluster's "
+                      "nodes reach this Mac on (e.g. `ipconfig getifaddr en0`)")
+    return found, f"--host-ip not given: {found} is this machine's address on the route to the API server"
+
+
+def _write_client_ca(options: JoinOptions) -> None:
+    """The cluster CA, for the kubelet API to verify the API server's client certificate
+    (kubeadm signs apiserver-kubelet-client with it); not secret. Blocking."""
+    from vnode.kubeconfig import load_kubeconfig
+
+    ca = load_kubeconfig(options.kubeconfig).ca_pem
+    if ca:
+        options.cert_dir.mkdir(parents=True, exist_ok=True)
+        tmp = options.cert_dir / f".{CLIENT_CA}.tmp"
+        tmp.write_bytes(ca)
+        os.replace(tmp, options.cert_dir / CLIENT_CA)
 
 
 async def join(options: JoinOptions, *, say: Callable[[str], None] = print) -> int:
-    """0 joined (or already joined), 1 refused or failed; the reason is on stderr."""
+    """0 joined (or already joined), 1 refused or failed, 2 not tried; the reason is on stderr."""
+    host_ip, why = await _host_ip(options)
+    if host_ip is None:
+        print(f"vnode join: {why}", file=sys.stderr)
+        return 2
     try:
         await _join(options, say=say)
+        await asyncio.to_thread(_write_client_ca, options)
     except (DiscoveryError, BootstrapError) as exc:
         print(f"vnode join: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # the state directory or the kubeconfig's place is not writable
         print(f"vnode join: cannot write {exc.filename or options.state_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    host_ip = options.host_ip
-    if host_ip is None:
-        try:
-            host_ip = await asyncio.to_thread(route_address, options.server)
-            say(f"--host-ip not given: {host_ip} is this machine's address on the route to the API server")
-        except OSError:
-            host_ip = "<this Mac's address the API server can reach>"
+    if why:
+        say(why)
     run = run_command(options, host_ip)
     say("the node runs as:")
     say(f"  {shlex.join(run)}")

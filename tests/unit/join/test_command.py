@@ -103,3 +103,20 @@ async def test_join_without_launchd_says_how_to_start(tmp_path: Path, monkeypatc
     options = _options(tmp_path, pins=frozenset({discovery.ca_cert_hash(ca.cert)}), service=True)
     assert await command.join(options, say=said.append) == 0
     assert any("no launchd on this machine" in line for line in said), said
+
+
+async def test_a_loopback_route_is_refused_before_anything_is_asked(tmp_path: Path, monkeypatch, capsys):
+    async def no_discovery(*args, **kwargs):
+        raise AssertionError("nothing is asked of the cluster")
+
+    monkeypatch.setattr(command, "discover", no_discovery)
+    options = _options(tmp_path, server="https://127.0.0.1:6443", host_ip=None)
+    assert await command.join(options, say=lambda _: None) == 2
+    err = capsys.readouterr().err
+    assert "127.0.0.1" in err and "pass --host-ip" in err
+    assert not (tmp_path / "kubeconfig").exists()
+
+
+def test_the_printed_run_line_verifies_the_api_server_s_client_certificate(tmp_path: Path):
+    line = command.run_command(_options(tmp_path), "192.0.2.10")
+    assert f"--client-ca-file={tmp_path / 'pki' / 'ca.crt'}" in line and "--bootstrap-serving-cert" in line

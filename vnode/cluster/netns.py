@@ -44,7 +44,7 @@ class HostNetns:
 def check_available() -> None:
     if not Path("/proc/self/ns/net").exists():
         raise NetnsUnavailable(
-            "network namespaces need Linux; on a Mac use kind or a remote cluster (see manifests/kind-cluster.yaml)"
+            "network namespaces need Linux; on a Mac use kind (deploy/kind/up.sh) or a remote cluster (vnode join)"
         )
     if os.geteuid() != 0:
         raise NetnsUnavailable(

@@ -22,7 +22,7 @@ from vnode import __version__
 from vnode.config import Settings
 from vnode.kubeclient import KubeClient, KubeconfigError
 from vnode.kubelet_api.auth import Authenticator, Authorizer
-from vnode.kubelet_api.context import ApiContext
+from vnode.kubelet_api.context import ApiContext, StreamLimits
 from vnode.kubelet_api.server import KubeletServer, build_app, tls_context
 from vnode.metrics import probe_registry, registry
 from vnode.node.controller import NodeController
@@ -32,6 +32,7 @@ from vnode.node import certs, client_certs, identity
 from vnode.node.budget import allocatable_memory
 from vnode.node.status import NodeIdentity
 from vnode.pods.admission import MemoryBudget, PortRegistry
+from vnode.pods.api_view import PodContainers
 from vnode.pods.controller import PodController
 from vnode.pods.probe_stats import ProbeStats
 from vnode.pods.env import EnvResolver
@@ -120,6 +121,7 @@ def public_config(settings: Settings) -> dict:
         "evictionMinimumReclaim": parse_statements(settings.eviction_minimum_reclaim, sep="="),
         "evictionPressureTransitionPeriod": format_duration(settings.eviction_pressure_transition_period),
         "evictionMaxPodGracePeriod": settings.eviction_max_pod_grace_period,
+        "streamingConnectionIdleTimeout": format_duration(settings.streaming_connection_idle_timeout),
         "vnode": {"memoryFraction": settings.memory_fraction, "offline": settings.offline,
                   "allowExecProbes": settings.allow_exec_probes, "registerTaint": settings.register_taint,
                   "requireNodeIdentity": settings.require_node_identity, "podPortRange": settings.pod_port_range},
@@ -217,7 +219,8 @@ async def run_agent(settings: Settings) -> int:
                          config=public_config(settings), ready=readiness_problems, metrics=metrics,
                          probe_metrics=probe_registry(probes),
                          running=pods.running_instances, state_dir=settings.state_dir, store_usage=models.disk_usage,
-                         exec_enabled=settings.enable_exec)
+                         exec_enabled=settings.enable_exec, containers=PodContainers(pods, ctx.supervisor),
+                         streams=StreamLimits(idle_timeout=settings.streaming_connection_idle_timeout))
 
     def agent_status() -> status_file.AgentStatus:
         return status_file.AgentStatus(

@@ -41,7 +41,8 @@ def _run_options(run: argparse.ArgumentParser) -> list[argparse.Action]:
     for name in ("kubeconfig", "node_name", "host_ip", "kubelet_port", "memory_fraction", "max_pods", "state_dir",
                  "lease_duration_seconds", "node_status_update_seconds", "node_status_report_seconds",
                  "llama_server", "hf_endpoint", "tls_cert_file", "tls_private_key_file", "client_ca_file",
-                 "log_dir", "log_format", "log_level", "drain_quiet_seconds", "pod_port_range"):
+                 "log_dir", "log_format", "log_level", "drain_quiet_seconds", "pod_port_range",
+                 "streaming_connection_idle_timeout"):
         run.add_argument(flag_name(name), dest=name, default=None, help=fields[name].description)
     for name in ("eviction_hard", "eviction_soft", "eviction_soft_grace_period", "eviction_minimum_reclaim",
                  "eviction_pressure_transition_period", "eviction_max_pod_grace_period", "eviction_monitoring_interval",

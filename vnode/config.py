@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     bootstrap_serving_cert: bool = Field(default=False, description="request the serving certificate with a kubelet-serving CSR (an admin approves it)")
     self_signed_serving_cert: bool = Field(default=False, description="serve the kubelet API with a self-signed certificate (API servers that verify kubelets refuse it)")
     client_ca_file: Path | None = Field(default=None, description="CA for client certificates on the kubelet API (the API server's kubelet-client)")
+    streaming_connection_idle_timeout: float = Field(
+        default=4 * 3600.0, gt=0, le=7 * 86400,
+        description="close an exec, attach or port-forward connection with no traffic either way for this long "
+                    "(duration, e.g. 4h or 30m, or seconds; the kubelet's --streaming-connection-idle-timeout)",
+    )
     enable_exec: bool = Field(default=True, description="serve kubectl exec (runs commands on this machine as vnode's user; RBAC pods/exec still applies)")
     anonymous_auth: bool = Field(default=False, description="let unauthenticated requests through to authorization as system:anonymous")
     rotate_certificates: bool = Field(
@@ -203,7 +208,8 @@ class Settings(BaseSettings):
         thresholds.parse_thresholds(hard=None, soft=info.data.get("eviction_soft"), soft_grace_period=statements)
         return thresholds.format_statements(statements, sep="=")
 
-    @field_validator("eviction_pressure_transition_period", "eviction_monitoring_interval", mode="before")
+    @field_validator("eviction_pressure_transition_period", "eviction_monitoring_interval",
+                     "streaming_connection_idle_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return thresholds.parse_duration(value) if isinstance(value, str) else value

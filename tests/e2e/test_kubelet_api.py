@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 
 from .conftest import kubelet_port, wait_for
@@ -170,6 +171,42 @@ def test_kubectl_exec_tty_sees_its_size(cluster, served):
     assert "33 101" in out.stdout, (out.stdout, out.stderr)
 
 
+def _agent(node: str) -> psutil.Process:
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "vnode" in cmd and "run" in cmd and f"--node-name={node}" in cmd:
+            return proc
+    raise AssertionError(f"no vnode agent for {node}")
+
+
+@pytest.mark.parametrize("tty", [True, False], ids=["tty", "pipes"])
+def test_kubectl_exec_yes_to_a_terminal_nobody_reads_keeps_the_agent_bounded(cluster, served, tty):
+    """`kubectl exec -t POD -- yes` whose output nobody reads (a stalled terminal, here a
+    pipe never read): the command is held back, the agent does not grow (814 MiB in 20 s
+    before back-pressure)."""
+    ns_name, pod = served
+    state = cluster.state
+    agent = _agent(NODE)
+    command = f"{state.kubectl} --kubeconfig={state.admin_kubeconfig} exec {'-it' if tty else ''} -n {ns_name} {pod} -- yes"
+    # script(1) gives kubectl a terminal; its own output goes to a pipe this test never reads.
+    argv = ["script", "-qec", command, "/dev/null"] if tty else ["sh", "-c", command]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        time.sleep(3)  # the exec is set up and every buffer on the way has filled
+        assert proc.poll() is None
+        start = peak = agent.memory_info().rss
+        for _ in range(20):
+            time.sleep(0.5)
+            peak = max(peak, agent.memory_info().rss)
+        assert peak - start < 32 * 1024 * 1024, f"the agent grew by {(peak - start) >> 20} MiB in 10 s"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    # The command itself stays blocked after kubectl is gone: the API server keeps the
+    # SPDY session open (it waits on the error stream for the exit status) without reading
+    # it, as it does with any kubelet. The idle timeout ends it (unit-tested), or the agent.
+
+
 def test_kubectl_attach_streams_the_servers_output(cluster, served):
     ns_name, pod = served
     state = cluster.state
@@ -288,7 +325,7 @@ def test_python_client_port_forward_over_websocket(cluster, served):
     assert chat.startswith(b"HTTP/1.1 200") and b'"assistant"' in chat
     with pytest.raises(Exception) as refused:
         portforward(api.connect_get_namespaced_pod_portforward, pod, ns_name, ports="22")
-    assert "400" in str(refused.value.reason) and "ports [22] are not ports of pod" in str(refused.value.reason)
+    assert "400" in str(refused.value.reason) and "port 22 is not a port vnode serves for pod" in str(refused.value.reason)
 
 
 def test_vnode_own_logs_are_served_read_only(cluster, served):
@@ -296,5 +333,28 @@ def test_vnode_own_logs_are_served_read_only(cluster, served):
     assert "vnode.log" in listing
     text = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/logs/vnode.log").stdout
     assert "kubelet API listening" in text
-    escape = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/logs/..%2f..%2fpki%2fca.key", check=False)
-    assert escape.returncode != 0
+    # A file that exists outside the log directory (<cluster>/agents/<node>/logs): the
+    # cluster CA certificate three levels up. %2f reaches vnode as a slash inside the path
+    # segment, so only vnode's own check stands between it and the file.
+    outside = "..%2f..%2f..%2fpki%2fca.crt"
+    assert os.path.exists(f"{cluster.state.directory}/agents/{NODE}/logs/../../../pki/ca.crt")
+    code, body = _kubelet_get_as_apiserver(cluster, f"/logs/{outside}")
+    assert code == 404 and "BEGIN CERTIFICATE" not in body, (code, body[:200])
+    code, body = _kubelet_get_as_apiserver(cluster, "/logs/..%2f")
+    assert code == 404 and "logs/" not in body, (code, body[:200])
+    assert _kubelet_get_as_apiserver(cluster, "/logs/vnode.log")[0] == 200
+    escape = cluster.kubectl("get", "--raw", f"/api/v1/nodes/{NODE}/proxy/logs/{outside}", check=False)
+    assert escape.returncode != 0 and "BEGIN CERTIFICATE" not in escape.stdout
+
+
+def _kubelet_get_as_apiserver(cluster, path: str) -> tuple[int, str]:
+    """GET straight to the kubelet API with the API server's kubelet-client certificate,
+    the path sent exactly as written (urllib does not normalize %2f or dot segments)."""
+    pki = f"{cluster.state.directory}/pki"
+    ctx = ssl.create_default_context(cafile=f"{pki}/ca.crt")
+    ctx.load_cert_chain(f"{pki}/apiserver-kubelet-client.crt", f"{pki}/apiserver-kubelet-client.key")
+    try:
+        with urllib.request.urlopen(f"https://{cluster.state.host.ns_ip}:{kubelet_port(NODE)}{path}", context=ctx, timeout=10) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")

@@ -6,6 +6,10 @@ pty whose size follows the client's resize stream. attach streams the server's o
 it is written. Both speak SPDY/3.1 (what the API server uses towards kubelets) and the
 WebSocket channel protocols (clients that reach the kubelet that way). Exec can be turned
 off by configuration: then every exec is a 403 that says so.
+
+Output is pulled, never pushed: the pty or pipe is read only when the previous chunk has
+been handed to the transport (which waits for the client to read), so a client that
+stops reading stops the command at its next write instead of growing the agent.
 """
 
 from __future__ import annotations
@@ -25,10 +29,9 @@ from typing import Protocol
 from aiohttp import web
 
 from vnode.kubelet_api import websocket as ws
-from vnode.kubelet_api.context import context
+from vnode.kubelet_api.context import ContainerHandle, Launch, context, find_pod
 from vnode.kubelet_api.spdy import SpdySession, SpdyStream
 from vnode.kubelet_api.upgrade import accept_spdy, offered_protocols, wants_spdy, wants_websocket
-from vnode.pods.env import command_env
 from vnode.provider.logs import LogOptions
 from vnode.provider.logs import stream as log_stream
 from vnode.provider.subproc import kill
@@ -36,7 +39,9 @@ from vnode.provider.subproc import kill
 log = logging.getLogger(__name__)
 
 SPDY_EXEC_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
-STREAM_WAIT = 30.0  # the kubelet's stream creation timeout
+READ_CHUNK = 64 * 1024  # bytes read from the pty or a pipe per write to the client
+
+
 class Channels(Protocol):
     """What exec/attach need from a transport (SPDY streams or WebSocket channels)."""
 
@@ -45,6 +50,7 @@ class Channels(Protocol):
     async def write_stderr(self, data: bytes) -> None: ...
     def resize_events(self) -> AsyncIterator[tuple[int, int]]: ...
     async def send_status(self, exit_code: int | None, message: str = "") -> None: ...
+    async def wait_closed(self) -> None: ...  # returns when the client went away (or close())
     async def close(self) -> None: ...
 
 
@@ -55,7 +61,7 @@ class SpdyChannels:
         self.session, self.protocol = session, protocol
         self.streams: dict[str, SpdyStream] = {}
 
-    async def collect(self, wanted: set[str]) -> None:
+    async def collect(self, wanted: set[str], *, timeout: float) -> None:
         async def gather() -> None:
             while not wanted <= set(self.streams):
                 stream = await self.session.accept()
@@ -63,7 +69,7 @@ class SpdyChannels:
                     raise ConnectionError("the client closed the connection before opening its streams")
                 self.streams[stream.header("streamtype") or ""] = stream
 
-        await asyncio.wait_for(gather(), STREAM_WAIT)
+        await asyncio.wait_for(gather(), timeout)
 
     async def read_stdin(self) -> bytes:
         s = self.streams.get("stdin")
@@ -104,6 +110,9 @@ class SpdyChannels:
         elif exit_code or message:
             await err.write((message or f"command terminated with non-zero exit code: exit status {exit_code}").encode())
 
+    async def wait_closed(self) -> None:
+        await self.session.wait_closed()
+
     async def close(self) -> None:
         for s in self.streams.values():
             with contextlib.suppress(Exception):
@@ -129,17 +138,17 @@ def _wanted(flags: ws.StreamOptions, *, attach: bool) -> set[str]:
     return wanted
 
 
-def _target(request: web.Request):
-    ctx = context(request)
-    ns, name = request.match_info["namespace"], request.match_info["pod"]
-    container = request.match_info["container"]
-    worker = ctx.find_pod(ns, name)
-    if worker is None:
-        raise web.HTTPNotFound(reason=f'pod "{name}" in namespace "{ns}" is not on node {ctx.node_name}')
-    runner = worker.runners.get(container)
-    if runner is None or runner.launch is None or runner.instance is None:
-        raise web.HTTPBadRequest(reason=f'container "{container}" in pod "{name}" is not running')
-    return ctx, worker, runner
+def _target(request: web.Request) -> tuple[ContainerHandle, Launch, int]:
+    """The container, how it was launched, and its running instance; 404/400 otherwise."""
+    pod = find_pod(request)
+    name = request.match_info["container"]
+    container = pod.container(name)
+    if container is None:
+        raise web.HTTPNotFound(reason=f'container "{name}" is not in pod {pod.pod_ref}')
+    launch, instance = container.launch(), container.instance()
+    if launch is None or instance is None:
+        raise web.HTTPBadRequest(reason=f'container "{name}" in pod {pod.pod_ref} is not running')
+    return container, launch, instance
 
 
 async def _open(request: web.Request, *, wanted: set[str]) -> tuple[Channels, web.StreamResponse]:
@@ -149,12 +158,13 @@ async def _open(request: web.Request, *, wanted: set[str]) -> tuple[Channels, we
         protocol = next((p for p in SPDY_EXEC_PROTOCOLS if p in offered), None)
         if protocol is None:
             raise web.HTTPBadRequest(reason=f"unsupported streaming protocol(s) {offered}; vnode speaks {list(SPDY_EXEC_PROTOCOLS)}")
+        limits = context(request).streams
         reader, writer, response = await accept_spdy(request, protocol=protocol)
-        session = SpdySession(reader, writer)
+        session = SpdySession(reader, writer, idle_timeout=limits.idle_timeout)
         session.start()
         channels = SpdyChannels(session, protocol)
         try:
-            await channels.collect(wanted)
+            await channels.collect(wanted, timeout=limits.creation_timeout)
         except (TimeoutError, ConnectionError):
             await session.close()
             writer.close()
@@ -162,13 +172,15 @@ async def _open(request: web.Request, *, wanted: set[str]) -> tuple[Channels, we
         return channels, response
     if wants_websocket(request):
         socket, protocol = await ws.accept(request, kind="exec")
-        session = await ws.exec_session(socket, protocol, stdin="stdin" in wanted, stdout="stdout" in wanted, stderr="stderr" in wanted)
+        session = await ws.exec_session(socket, protocol, stdin="stdin" in wanted, stdout="stdout" in wanted, stderr="stderr" in wanted,
+                                        idle_timeout=context(request).streams.idle_timeout)
         return session, socket
     raise web.HTTPBadRequest(reason="exec, attach and port-forward need an upgrade: SPDY/3.1 or WebSocket")
 
 
 async def exec_handler(request: web.Request) -> web.StreamResponse:
-    ctx, worker, runner = _target(request)
+    ctx = context(request)
+    container, launch, _ = _target(request)
     if not ctx.exec_enabled:
         raise web.HTTPForbidden(reason="exec is disabled on this node (vnode run --no-enable-exec)")
     command = request.query.getall("command", [])
@@ -181,11 +193,9 @@ async def exec_handler(request: web.Request) -> web.StreamResponse:
         channels, response = await _open(request, wanted=wanted)
     except ConnectionError:
         return web.Response(status=400)
-    launch = runner.launch
-    env = command_env(launch, worker.pod["metadata"]["name"])
-    log.info("exec in %s/%s: %s", worker.ref, runner.c.name, command[0])
+    log.info("exec in %s/%s: %s", container.pod_ref, container.name, command[0])
     try:
-        code, message = await _run(command, cwd=launch.workdir, env=env, channels=channels, tty=tty, stdin=want_stdin)
+        code, message = await _run(command, cwd=launch.workdir, env=launch.env, channels=channels, tty=tty, stdin=want_stdin)
         await channels.send_status(code, message)
     except asyncio.CancelledError:
         # The agent is shutting down: end the session with a Status, not a reset.
@@ -193,7 +203,7 @@ async def exec_handler(request: web.Request) -> web.StreamResponse:
             await asyncio.shield(channels.send_status(None, "vnode is shutting down; the command was stopped"))
         raise
     except Exception as exc:  # noqa: BLE001 - report it to the client as a Status
-        log.warning("exec in %s failed: %s", worker.ref, exc)
+        log.warning("exec in %s failed: %s", container.pod_ref, exc)
         with contextlib.suppress(Exception):
             await channels.send_status(None, f"vnode: exec failed: {exc}")
     finally:
@@ -202,7 +212,6 @@ async def exec_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def _run(command: list[str], *, cwd: str, env: dict[str, str], channels: Channels, tty: bool, stdin: bool) -> tuple[int | None, str]:
-    loop = asyncio.get_running_loop()
     if tty:
         master, slave = pty.openpty()
         resizes = channels.resize_events()
@@ -222,40 +231,36 @@ async def _run(command: list[str], *, cwd: str, env: dict[str, str], channels: C
             return 126 if isinstance(exc, PermissionError) else 127, f"vnode: cannot run {command[0]}: {exc.strerror}"
         os.close(slave)
         os.set_blocking(master, False)
-        out_queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-        def readable() -> None:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                loop.remove_reader(master)
-            out_queue.put_nowait(data)
-
-        loop.add_reader(master, readable)
 
         async def pump_out() -> None:
-            while (data := await out_queue.get()):
-                await channels.write_stdout(data)
+            while (data := await _read_fd(master)):
+                await channels.write_stdout(data)  # returns once the transport took it
 
         async def pump_in() -> None:
             while stdin and (data := await channels.read_stdin()):
-                await loop.run_in_executor(None, os.write, master, data)
+                await _write_fd(master, data)
 
         async def follow_resize() -> None:
             async for w, h in resizes:
                 _set_size(master, w, h)
 
-        tasks = [asyncio.create_task(pump_in()), asyncio.create_task(follow_resize())]
+        tasks = [asyncio.create_task(pump_in()), asyncio.create_task(follow_resize()), _kill_when_gone(channels, proc)]
         out = asyncio.create_task(pump_out())
-        code = await _wait_or_kill(proc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(out, 2.0)
-        for t in (*tasks, out):
-            t.cancel()
-        loop.remove_reader(master)
-        os.close(master)
+        exited = asyncio.create_task(proc.wait())
+        try:
+            await asyncio.wait({exited, out}, return_when=asyncio.FIRST_COMPLETED)
+            if out.done() and not exited.done() and out.exception() is not None:
+                # The client is gone: nobody will read the pty again, so the command would
+                # block on its next write for good.
+                kill(proc, group=True)
+            code = await _wait_or_kill(proc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(out), 2.0)
+        finally:
+            for t in (*tasks, out, exited):
+                t.cancel()
+            await asyncio.gather(*tasks, out, exited, return_exceptions=True)
+            os.close(master)
     else:
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -267,7 +272,9 @@ async def _run(command: list[str], *, cwd: str, env: dict[str, str], channels: C
             return 126 if isinstance(exc, PermissionError) else 127, f"vnode: cannot run {command[0]}: {exc.strerror}"
 
         async def copy(source: asyncio.StreamReader, write) -> None:
-            while (data := await source.read(65536)):
+            # The pipe's reader pauses its transport past 64 KiB, and this reads again only
+            # after the client side took the last chunk: a stalled client stalls the command.
+            while (data := await source.read(READ_CHUNK)):
                 await write(data)
 
         async def feed() -> None:
@@ -283,17 +290,33 @@ async def _run(command: list[str], *, cwd: str, env: dict[str, str], channels: C
                     proc.stdin.close()
 
         feeder = asyncio.create_task(feed()) if stdin else None
+        watcher = _kill_when_gone(channels, proc)
         try:
             await asyncio.gather(copy(proc.stdout, channels.write_stdout), copy(proc.stderr, channels.write_stderr))
-        except asyncio.CancelledError:
+            code = await _wait_or_kill(proc)
+        except BaseException:  # cancelled, or the client is gone: the command would block on its pipe
             kill(proc, group=True)
             raise
-        code = await _wait_or_kill(proc)
-        if feeder:
-            feeder.cancel()
+        finally:
+            for task in (feeder, watcher):
+                if task is not None:
+                    task.cancel()
     if code < 0:
         code = 128 - code
     return code, ""
+
+
+def _kill_when_gone(channels: Channels, proc: asyncio.subprocess.Process) -> asyncio.Task[None]:
+    """Once the client is gone (disconnect, idle timeout) the command's output has nowhere
+    to go: kill its process group rather than let it run, or block on its output, for good."""
+
+    async def watch() -> None:
+        await channels.wait_closed()
+        if proc.returncode is None:
+            log.info("exec client went away: stopping the command (process group %d)", proc.pid)
+            kill(proc, group=True)
+
+    return asyncio.create_task(watch(), name="exec-client-watch")
 
 
 async def _wait_or_kill(proc: asyncio.subprocess.Process) -> int:
@@ -305,27 +328,59 @@ async def _wait_or_kill(proc: asyncio.subprocess.Process) -> int:
         raise
 
 
+async def _read_fd(fd: int) -> bytes:
+    """The next chunk from a non-blocking fd, waiting until it is readable; b"" at its end
+    (EIO: a pty whose other side closed)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            await _ready(loop.add_reader, loop.remove_reader, fd)
+        except OSError:
+            return b""
+
+
+async def _write_fd(fd: int, data: bytes) -> None:
+    """Write all of data to a non-blocking fd, waiting while it is full (no thread)."""
+    loop = asyncio.get_running_loop()
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            await _ready(loop.add_writer, loop.remove_writer, fd)
+
+
+async def _ready(add, remove, fd: int) -> None:
+    waiter = asyncio.get_running_loop().create_future()
+    add(fd, lambda: waiter.done() or waiter.set_result(None))
+    try:
+        await waiter
+    finally:
+        remove(fd)
+
+
 def _set_size(fd: int, width: int, height: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
 
 async def attach_handler(request: web.Request) -> web.StreamResponse:
     """Stream the running server's output from now on (its stdin is not attachable)."""
-    ctx, worker, runner = _target(request)
+    container, _, instance = _target(request)
     try:
         channels, response = await _open(request, wanted=_wanted(ws.stream_flags(request.query), attach=True))
     except ConnectionError:
         return web.Response(status=400)
-    inst = runner.instance
-    path = ctx.supervisor.log_path(worker.uid, runner.c.name, inst.instance)
+    path = container.log_path(instance)
     try:
         # Only what is written from now on, as attaching to a process's output does.
         opts = LogOptions(tail_lines=0)
-        async for line in log_stream(path, opts, follow=True, finished=lambda: not ctx.supervisor.alive(inst)):
+        async for line in log_stream(path, opts, follow=True, finished=lambda: not container.alive(instance)):
             await channels.write_stdout(line)
         await channels.send_status(0)
     except Exception as exc:  # noqa: BLE001 - the client went away, most likely
-        log.debug("attach to %s ended: %s", worker.ref, exc)
+        log.debug("attach to %s ended: %s", container.pod_ref, exc)
     finally:
         await _end(channels, request)
     return response

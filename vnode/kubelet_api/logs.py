@@ -11,7 +11,7 @@ import datetime as dt
 
 from aiohttp import web
 
-from vnode.kubelet_api.context import context
+from vnode.kubelet_api.context import context, find_pod
 from vnode.provider.logs import LogOptions, parse_time, stream
 
 
@@ -58,34 +58,27 @@ def options(request: web.Request) -> tuple[LogOptions, bool, bool]:
 
 
 async def container_logs(request: web.Request) -> web.StreamResponse:
-    ctx = context(request)
-    ns, name, container = request.match_info["namespace"], request.match_info["pod"], request.match_info["container"]
+    name, container = request.match_info["pod"], request.match_info["container"]
     opts, follow, previous = options(request)
-    worker = ctx.find_pod(ns, name)
-    if worker is None:
-        raise web.HTTPNotFound(reason=f'pod "{name}" in namespace "{ns}" is not on node {ctx.node_name}')
-    view = worker.views.get(container)
-    if view is None:
+    handle = find_pod(request).container(container)
+    if handle is None:
         raise web.HTTPNotFound(reason=f'container "{container}" is not in pod "{name}"')
-    runner = worker.runners.get(container)
-    current = runner.instance if runner else None
-    number = current.instance if current else view.restart_count
+    current = handle.instance()
+    number = current if current is not None else handle.restart_count()
     if previous:
         number -= 1
-        if number < 0 or not (ctx.supervisor.log_path(worker.uid, container, number)).exists():
+        if number < 0 or not handle.log_path(number).exists():
             raise web.HTTPBadRequest(reason=f'previous terminated container "{container}" in pod "{name}" not found')
-    path = ctx.supervisor.log_path(worker.uid, container, number)
+    path = handle.log_path(number)
     if not path.exists() and current is None:
-        reason = (view.state.get("waiting") or {}).get("reason", "not started")
-        raise web.HTTPBadRequest(reason=f'container "{container}" in pod "{name}" is waiting to start: {reason}')
+        raise web.HTTPBadRequest(reason=f'container "{container}" in pod "{name}" is waiting to start: {handle.waiting_reason()}')
 
     def finished() -> bool:
         # Also when the client went away: a quiet log would otherwise keep an abandoned
         # follower polling until its next line.
         if request.transport is None or request.transport.is_closing():
             return True
-        live = runner.instance if runner else None
-        return previous or live is None or live.instance != number or not ctx.supervisor.alive(live)
+        return previous or not handle.alive(number)
 
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)

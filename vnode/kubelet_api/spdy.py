@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Literal, NoReturn, Protocol
 
+from vnode.kubelet_api.idle import IdleTimer
+
 log = logging.getLogger(__name__)
 
 VERSION = 3
@@ -637,6 +639,19 @@ StreamHandler = Callable[["SpdyStream"], Awaitable[None]]
 SendFlowControl = Literal["auto", "on", "off"]
 
 _CLOSE_TIMEOUT = 5.0
+_MAX_BACKLOG = 1024 * 1024  # unsent bytes past which the read loop waits for the peer to read
+
+
+def _backlog(writer: object) -> int:
+    """Bytes written but not yet sent (0 when the writer cannot tell)."""
+    size = getattr(writer, "write_buffer_size", None)
+    if callable(size):
+        return size()
+    transport = getattr(writer, "transport", None)
+    try:
+        return transport.get_write_buffer_size() if transport is not None else 0
+    except (AttributeError, RuntimeError):
+        return 0
 
 
 class SpdyStream:
@@ -699,8 +714,8 @@ class SpdyStream:
             await self._readable.wait()
         data = self._take(n)
         self._buffered -= len(data)
-        if self._buffered <= self._session.max_stream_buffer:
-            self._drained.set()
+        self._session._buffered_total -= len(data)
+        self._drained.set()  # progress: wakes a read loop waiting for room in this stream
         self._session._data_consumed(self, len(data))
         return data
 
@@ -770,9 +785,8 @@ class SpdyStream:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
+        self._session._buffered_total += len(data)
         self._readable.set()
-        if self._buffered > self._session.max_stream_buffer:
-            self._drained.clear()
 
     def _on_remote_fin(self) -> None:
         self._remote_closed = True
@@ -782,6 +796,7 @@ class SpdyStream:
         self._reset = status
         self._reset_by_peer = by_peer
         dropped, self._buffered = self._buffered, 0
+        self._session._buffered_total -= dropped
         self._chunks.clear()
         self._session._credit_session(dropped)
         self._wake()
@@ -805,6 +820,17 @@ class SpdySession:
     sent a WINDOW_UPDATE, i.e. has shown it replenishes windows. Go's spdystream (the API
     server's and kubectl's SPDY) never does, so with it writes never wait on windows.
     ``window_stall_timeout`` bounds a wait: past it, the frame is sent anyway.
+
+    Receiving, each stream buffers up to its window (``max(receive_window,
+    max_stream_buffer)``) and the read loop never waits for one stream's reader, so a
+    stalled stream does not stall its siblings. A peer that does flow control (it sent a
+    WINDOW_UPDATE) and overruns a window gets RST_STREAM FLOW_CONTROL_ERROR. One that does
+    not (spdystream) is held back by TCP instead: the read loop waits for that stream's
+    reader, and ``read_stall_timeout`` (None: forever) resets a stream whose reader takes
+    nothing for that long, so the others go on. The bytes buffered across all streams are
+    capped too (twice the larger window), and so is our unsent output (a peer that pings
+    but never reads stops being read). ``idle_timeout``: no frame either way for that long
+    closes the session (GOAWAY), as the kubelet's --streaming-connection-idle-timeout.
     """
 
     def __init__(
@@ -821,6 +847,8 @@ class SpdySession:
         max_streams: int = 256,
         read_size: int = 64 * 1024,
         limits: FrameLimits | None = None,
+        read_stall_timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         if not 0 < receive_window <= MAX_WINDOW:
             raise ValueError(f"receive_window {receive_window} out of range 1..{MAX_WINDOW}")
@@ -838,6 +866,14 @@ class SpdySession:
         self._max_send_frame = max(1, min(max_send_frame, MAX_FRAME_LENGTH))
         self._max_streams = max_streams
         self._read_size = read_size
+        self.stream_limit = max(receive_window, max_stream_buffer)  # bytes a stream may buffer
+        self._session_budget = 2 * max(self._session_receive_window, self.stream_limit)
+        self._buffered_total = 0  # received, not yet read, over every stream
+        self._peer_flow_control = False  # the peer sent a WINDOW_UPDATE: it does flow control
+        self._read_stall_timeout = read_stall_timeout
+        self._idle_timeout = idle_timeout
+        self._idle: IdleTimer | None = None
+        self._idle_close: asyncio.Task[None] | None = None
         self.streams: dict[int, SpdyStream] = {}
         self.peer_settings: dict[int, int] = {}
         self.peer_initial_window = DEFAULT_WINDOW
@@ -872,6 +908,7 @@ class SpdySession:
     def start(self) -> None:
         """Start the read loop in a task (idempotent)."""
         if self._read_task is None:
+            self._idle = IdleTimer(self._idle_timeout, self._on_idle)
             self._read_task = asyncio.create_task(self._read_loop(), name="spdy-session")
 
     async def run(self) -> None:
@@ -926,14 +963,22 @@ class SpdySession:
             await asyncio.wait({task})
         await self._await_writer_closed()
 
+    def _on_idle(self) -> None:
+        log.info("SPDY connection idle for %ss (streaming connection idle timeout): closing it", self._idle_timeout)
+        self._idle_close = asyncio.create_task(self.close(), name="spdy-idle-close")
+
     # -- read side --
 
     async def _read_loop(self) -> None:
         try:
             self._announce_windows()
             while data := await self._reader.read(self._read_size):
+                if self._idle is not None:
+                    self._idle.touch()
                 if not await self._process(data):
                     break
+                if _backlog(self._writer) > _MAX_BACKLOG:  # our answers pile up unread: stop reading
+                    await self._drain()
         except (ConnectionError, OSError) as e:
             log.debug("SPDY connection lost: %s", e)
         except Exception:
@@ -1035,8 +1080,42 @@ class SpdySession:
         if frame.fin:
             stream._on_remote_fin()
             self._maybe_forget(stream)
-        if not stream._drained.is_set():  # the reader is behind: stop reading the socket
-            await stream._drained.wait()
+        if stream._buffered > self.stream_limit:
+            await self._overrun(stream)
+        while self._buffered_total > self._session_budget and not self._closed:
+            if not await self._any_progress():
+                break
+
+    async def _overrun(self, stream: SpdyStream) -> None:
+        """The peer sent past a stream's window (see the class docstring)."""
+        if self._peer_flow_control:
+            log.warning("SPDY peer overran stream %d's window: resetting it", stream.id)
+            stream.reset(RstStatus.FLOW_CONTROL_ERROR)
+            return
+        while stream._buffered > self.stream_limit and not stream._input_ended():
+            stream._drained.clear()
+            try:
+                await asyncio.wait_for(stream._drained.wait(), self._read_stall_timeout)
+            except TimeoutError:
+                log.info("SPDY stream %d: its reader took nothing for %ss with %d bytes waiting: resetting it",
+                         stream.id, self._read_stall_timeout, stream._buffered)
+                stream.reset(RstStatus.FLOW_CONTROL_ERROR)
+                return
+
+    async def _any_progress(self) -> bool:
+        """Wait until some stream's reader takes data (or a stream goes); False if none could."""
+        busy = [s for s in self.streams.values() if s._buffered]
+        for s in busy:
+            s._drained.clear()
+        waiters = [asyncio.ensure_future(s._drained.wait()) for s in busy]
+        if not waiters:
+            return False
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        return True
 
     def _on_rst_stream(self, frame: RstStreamFrame) -> None:
         stream = self.streams.get(frame.stream_id)
@@ -1072,6 +1151,7 @@ class SpdySession:
             waiter.set_result(None)
 
     def _on_window_update(self, frame: WindowUpdateFrame) -> None:
+        self._peer_flow_control = True
         if self._flow_mode == "auto" and not self._enforce_send:
             log.debug("SPDY peer does flow control: honouring its windows")
             self._enforce_send = True
@@ -1145,6 +1225,8 @@ class SpdySession:
         if self._writer_closed:
             return
         data = self._encoder.encode(frame)  # encode and write together: zlib context order
+        if self._idle is not None:
+            self._idle.touch()
         try:
             self._writer.write(data)
         except (ConnectionError, OSError, RuntimeError) as e:
@@ -1180,6 +1262,8 @@ class SpdySession:
         if self._closed:
             return
         self._closed = True
+        if self._idle is not None:
+            self._idle.cancel()
         for stream in list(self.streams.values()):
             stream._wake()
         self.streams.clear()

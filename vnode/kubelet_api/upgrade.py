@@ -63,6 +63,9 @@ class RawWriter:
         if helper is not None and self._transport is not None and not self._transport.is_closing():
             await helper()
 
+    def write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()

@@ -3,6 +3,12 @@
 Clients that speak WebSocket to the API server (the Python client, browsers) are passed
 through to the kubelet, so the node must speak `*.channel.k8s.io` itself. This module is the
 codec plus sessions that leave the process and socket plumbing to read and write bytes.
+
+The channel protocols have no flow control of their own, so one reader task serves every
+channel of a socket: each channel buffers up to STDIN_BUFFER, and only a channel that is
+full makes the reader wait (TCP then holds the client back). For port-forward such a wait
+is bounded: a port whose pod side takes nothing for `stall_timeout` is ended with an error
+so the other ports go on. Writes wait for the transport (aiohttp drains past 64 KiB).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
+
+from vnode.kubelet_api.idle import IdleTimer
 
 log = logging.getLogger(__name__)
 
@@ -308,32 +316,39 @@ async def accept(request: web.Request, *, kind: Kind) -> tuple[web.WebSocketResp
 
 
 class _Sink(Protocol):
-    async def put(self, data: bytes) -> None: ...
+    async def put(self, data: bytes) -> bool | None: ...  # False: the channel stalled and was closed
     def close(self) -> None: ...
 
 
 class _Inbox:
     """Bytes from one client channel, bounded so a slow consumer slows the socket."""
 
-    def __init__(self, limit: int = STDIN_BUFFER) -> None:
+    def __init__(self, limit: int = STDIN_BUFFER, *, stall_timeout: float | None = None) -> None:
         self._chunks: deque[bytes] = deque()
         self._size, self._limit, self._eof = 0, limit, False
-        self._readable, self._writable = asyncio.Event(), asyncio.Event()
-        self._writable.set()
+        self._stall_timeout = stall_timeout
+        self._readable, self._progress = asyncio.Event(), asyncio.Event()
 
-    async def put(self, data: bytes) -> None:
+    async def put(self, data: bytes) -> bool:
+        """Buffer data, waiting while the inbox is full; False (and closed) when the
+        consumer took nothing for `stall_timeout`."""
         while self._size >= self._limit and not self._eof:
-            self._writable.clear()
-            await self._writable.wait()
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), self._stall_timeout)
+            except TimeoutError:
+                self.close()
+                return False
         if not self._eof and data:
             self._chunks.append(data)
             self._size += len(data)
             self._readable.set()
+        return True
 
     def close(self) -> None:
         self._eof = True
         self._readable.set()
-        self._writable.set()
+        self._progress.set()
 
     async def get(self) -> bytes:
         while not self._chunks and not self._eof:
@@ -343,8 +358,7 @@ class _Inbox:
             return b""
         chunk = self._chunks.popleft()
         self._size -= len(chunk)
-        if self._size < self._limit:
-            self._writable.set()
+        self._progress.set()
         return chunk
 
 
@@ -417,16 +431,26 @@ class _Mux:
     serialized. Protocol violations end the connection via `on_fatal` then a close."""
 
     def __init__(self, ws: web.WebSocketResponse, spec: ProtocolSpec, channels: frozenset[int],
-                 sinks: Mapping[int, _Sink], on_fatal: Callable[[str], Awaitable[None]]) -> None:
+                 sinks: Mapping[int, _Sink], on_fatal: Callable[[str], Awaitable[None]], *,
+                 on_stall: Callable[[int], Awaitable[None]] | None = None, idle_timeout: float | None = None) -> None:
         self.spec = spec
         self._ws, self._channels, self._sinks, self._on_fatal = ws, channels, sinks, on_fatal
+        self._on_stall = on_stall
         self._lock = asyncio.Lock()
         self._closing = False
         self._done = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._idle_timeout = idle_timeout
+        self._idle: IdleTimer | None = None
+        self._idle_close: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self._idle = IdleTimer(self._idle_timeout, self._on_idle)
         self._task = asyncio.create_task(self._run(), name="k8s-channel-reader")
+
+    def _on_idle(self) -> None:
+        log.info("WebSocket stream idle for %ss (streaming connection idle timeout): closing it", self._idle_timeout)
+        self._idle_close = asyncio.create_task(self.close(code=WSCloseCode.GOING_AWAY, message=b"idle timeout"))
 
     @property
     def closed(self) -> bool:
@@ -443,6 +467,8 @@ class _Mux:
                 if self.closed:
                     return
                 frame = encode(channel, chunk, base64=self.spec.base64)
+                if self._idle is not None:
+                    self._idle.touch()
                 try:
                     await (self._ws.send_str(frame) if isinstance(frame, str) else self._ws.send_bytes(frame))
                 except (ConnectionError, RuntimeError) as exc:
@@ -453,6 +479,8 @@ class _Mux:
         try:
             while not self.closed:
                 msg = await self._ws.receive()
+                if self._idle is not None:
+                    self._idle.touch()
                 if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
                     if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                         break
@@ -462,6 +490,8 @@ class _Mux:
         except (ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
             log.debug("channel reader stopped: %s", exc)
         finally:
+            if self._idle is not None:
+                self._idle.cancel()
             self._end_inputs()
             self._done.set()
 
@@ -482,8 +512,8 @@ class _Mux:
                 closing.close()
             return True
         sink = self._sinks.get(channel)
-        if sink is not None and payload:
-            await sink.put(payload)
+        if sink is not None and payload and await sink.put(payload) is False and self._on_stall is not None:
+            await self._on_stall(channel)
         return True
 
     def _end_inputs(self) -> None:
@@ -535,7 +565,8 @@ class ExecStreams(_Session):
     the process); call close() when the command is done, after send_status().
     """
 
-    def __init__(self, ws: web.WebSocketResponse, spec: ProtocolSpec, options: StreamOptions) -> None:
+    def __init__(self, ws: web.WebSocketResponse, spec: ProtocolSpec, options: StreamOptions, *,
+                 idle_timeout: float | None = None) -> None:
         self._options = options
         self._stdin, self._resize = _Inbox(), _ResizeSink()
         if not options.stdin:
@@ -544,7 +575,7 @@ class ExecStreams(_Session):
         if options.stdin:
             sinks[STDIN] = self._stdin
         channels = EXEC_CHANNELS if spec.close_signal else EXEC_CHANNELS - {CLOSE_CHANNEL}
-        self._mux = _Mux(ws, spec, channels, sinks, self._fatal)
+        self._mux = _Mux(ws, spec, channels, sinks, self._fatal, idle_timeout=idle_timeout)
 
     async def read_stdin(self) -> bytes:
         """The next stdin chunk; b"" at EOF (v5 close signal, disconnect, or no stdin)."""
@@ -580,9 +611,10 @@ class ExecStreams(_Session):
 
 
 async def exec_session(ws: web.WebSocketResponse, protocol: str, *, stdin: bool = True,
-                       stdout: bool = True, stderr: bool = True) -> ExecStreams:
+                       stdout: bool = True, stderr: bool = True, idle_timeout: float | None = None) -> ExecStreams:
     """Streams of an exec/attach on a prepared WebSocket that negotiated `protocol`."""
-    streams = ExecStreams(ws, protocol_spec(protocol, kind="exec"), StreamOptions(stdin, stdout, stderr, tty=False))
+    streams = ExecStreams(ws, protocol_spec(protocol, kind="exec"), StreamOptions(stdin, stdout, stderr, tty=False),
+                          idle_timeout=idle_timeout)
     await streams._start()
     return streams
 
@@ -613,11 +645,14 @@ class PortForwardStreams(_Session):
     Iterate (or index) for the PortStreams; call close() once every port is done.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, spec: ProtocolSpec, ports: Sequence[int]) -> None:
+    def __init__(self, ws: web.WebSocketResponse, spec: ProtocolSpec, ports: Sequence[int], *,
+                 idle_timeout: float | None = None, stall_timeout: float | None = None) -> None:
         self.ports = tuple(ports)
-        inboxes = [_Inbox() for _ in self.ports]
+        self._stall_timeout = stall_timeout
+        inboxes = [_Inbox(stall_timeout=stall_timeout) for _ in self.ports]
         sinks: dict[int, _Sink] = {2 * i: inbox for i, inbox in enumerate(inboxes)}
-        self._mux = _Mux(ws, spec, frozenset(range(2 * len(self.ports))), sinks, self._fatal)
+        self._mux = _Mux(ws, spec, frozenset(range(2 * len(self.ports))), sinks, self._fatal,
+                         on_stall=self._stalled, idle_timeout=idle_timeout)
         self._streams = tuple(PortStream(self._mux, i, port, inboxes[i]) for i, port in enumerate(self.ports))
 
     def __getitem__(self, index: int) -> PortStream:
@@ -637,6 +672,12 @@ class PortForwardStreams(_Session):
     async def _fatal(self, reason: str) -> None:
         for stream in self._streams:
             await stream.write_error(reason)
+
+    async def _stalled(self, channel: int) -> None:
+        stream = self._streams[channel // 2]
+        log.info("port-forward to port %d: the pod took nothing for %ss; ending that stream", stream.port, self._stall_timeout)
+        await stream.write_error(f"error forwarding port {stream.port}: the pod's connection took no data for "
+                                 f"{self._stall_timeout:g}s with {STDIN_BUFFER >> 20} MiB waiting; closed it")
 
     async def _start(self) -> None:
         for stream in self._streams:  # the kubelet's greeting: the port, uint16 LE, on both channels
@@ -696,9 +737,11 @@ def _check_ports(ports: Sequence[int]) -> None:
         raise ValueError(f"ports must be in 1-65535: {list(ports)}")
 
 
-async def portforward_session(ws: web.WebSocketResponse, protocol: str, ports: Sequence[int]) -> PortForwardStreams:
+async def portforward_session(ws: web.WebSocketResponse, protocol: str, ports: Sequence[int], *,
+                              idle_timeout: float | None = None, stall_timeout: float | None = None) -> PortForwardStreams:
     """Port-forward channels on a prepared WebSocket; `ports` usually from parse_ports()."""
     _check_ports(ports)
-    streams = PortForwardStreams(ws, protocol_spec(protocol, kind="portforward"), ports)
+    streams = PortForwardStreams(ws, protocol_spec(protocol, kind="portforward"), ports,
+                                 idle_timeout=idle_timeout, stall_timeout=stall_timeout)
     await streams._start()
     return streams

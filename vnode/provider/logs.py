@@ -4,6 +4,8 @@ Each line is `<RFC3339Nano> <stdout|stderr> <F|P> <text>` (P: a partial line con
 the next record). Files rotate as N.log, N.log.1, ... per container instance N; the
 previous instance's files are kept for `--previous`. Reads run in a thread; following
 polls the file every 50 ms and ends when the instance has exited and nothing is left.
+`--tail` reads backwards from the end, block by block, only as far as its lines reach:
+`kubectl logs --tail=10` of a server that logged gigabytes reads a few KiB.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 FOLLOW_POLL = 0.05
+TAIL_BLOCK = 64 * 1024  # bytes read per step backwards
 
 
 @dataclass(frozen=True)
@@ -79,21 +82,68 @@ def _render(records: list[tuple[str, str, bool, bytes]], opts: LogOptions) -> li
 
 def read_existing(log_path: Path, opts: LogOptions) -> tuple[list[bytes], int]:
     """Lines already written (after tail/since), and the offset where following continues."""
-    records = []
-    offset = 0
-    for path in instance_files(log_path):
-        data = path.read_bytes()
-        if path == log_path:
-            offset = data.rfind(b"\n") + 1
-            data = data[:offset]
-        for raw in data.splitlines():
-            parsed = parse_line(raw)
-            if parsed:
-                records.append(parsed)
+    files = instance_files(log_path)
+    offset = _complete_end(log_path) if log_path in files else 0
+    ends = {path: offset if path == log_path else path.stat().st_size for path in files}
+    if opts.tail_lines is not None:
+        records = _tail_records(files, ends, max(opts.tail_lines, 0))
+    else:
+        records = []
+        for path in files:
+            with open(path, "rb") as f:
+                data = f.read(ends[path])
+            records += [parsed for raw in data.split(b"\n") if (parsed := parse_line(raw))]
     lines = _render(records, opts)
     if opts.tail_lines is not None:
         lines = list(deque(lines, maxlen=max(opts.tail_lines, 0)))
     return lines, offset
+
+
+def _complete_end(path: Path) -> int:
+    """The offset just past the file's last newline (a line being written is not read yet)."""
+    with open(path, "rb") as f:
+        pos = f.seek(0, 2)
+        while pos > 0:
+            size = min(TAIL_BLOCK, pos)
+            pos -= size
+            f.seek(pos)
+            cut = f.read(size).rfind(b"\n")
+            if cut >= 0:
+                return pos + cut + 1
+    return 0
+
+
+def _lines_backwards(path: Path, end: int) -> Iterator[bytes]:
+    """The lines of the file's first `end` bytes, last first, without their newlines,
+    read TAIL_BLOCK at a time from the end."""
+    with open(path, "rb") as f:
+        pos, rest = end, b""
+        while pos > 0:
+            size = min(TAIL_BLOCK, pos)
+            pos -= size
+            f.seek(pos)
+            parts = (f.read(size) + rest).split(b"\n")
+            rest = parts[0]  # may go on in the block before
+            yield from reversed(parts[1:])
+        yield rest
+
+
+def _tail_records(files: list[Path], ends: dict[Path, int], n: int) -> list[tuple[str, str, bool, bytes]]:
+    """The records of the last n lines, newest file first, stopping at the full record
+    (F) that ends line n+1 from the end: everything before it is not needed."""
+    picked: list[tuple[str, str, bool, bytes]] = []
+    finals = 0
+    for path in reversed(files):
+        for raw in _lines_backwards(path, ends[path]):
+            record = parse_line(raw)
+            if record is None:
+                continue
+            if not record[2]:
+                finals += 1
+                if finals > n:
+                    return picked[::-1]
+            picked.append(record)
+    return picked[::-1]
 
 
 class _Budget:

@@ -839,6 +839,33 @@ async def test_slow_reader_stops_the_read_loop_until_it_catches_up() -> None:
         assert await client.until(lambda f: isinstance(f, PingFrame)) == PingFrame(1)
 
 
+async def test_a_slow_reader_does_not_stall_its_siblings_within_its_window() -> None:
+    async with Server(max_stream_buffer=64 * 1024, receive_window=1024 * 1024) as server:
+        client, session = await server.connect()
+        client.open(1, "stdin")
+        client.open(3, "stdin")
+        slow, other = await asyncio.wait_for(session.accept(), TIMEOUT), await asyncio.wait_for(session.accept(), TIMEOUT)
+        assert slow is not None and other is not None
+        client.send(DataFrame(1, b"x" * (512 * 1024)), DataFrame(3, b"ok"), PingFrame(1))
+        assert await client.until(lambda f: isinstance(f, PingFrame)) == PingFrame(1)
+        assert await asyncio.wait_for(other.read(), TIMEOUT) == b"ok"
+        assert len(await slow.read()) == 512 * 1024
+
+
+async def test_a_peer_doing_flow_control_that_overruns_a_window_gets_flow_control_error() -> None:
+    async with Server(max_stream_buffer=64 * 1024) as server:
+        client, session = await server.connect()
+        client.send(WindowUpdateFrame(0, 1))  # it replenishes windows: it knows about them
+        client.open(1, "stdin")
+        client.open(3, "stdin")
+        slow, other = await asyncio.wait_for(session.accept(), TIMEOUT), await asyncio.wait_for(session.accept(), TIMEOUT)
+        assert slow is not None and other is not None
+        client.send(DataFrame(1, b"x" * (100 * 1024)), DataFrame(3, b"ok"), PingFrame(1))
+        assert await client.until(lambda f: isinstance(f, RstStreamFrame)) == RstStreamFrame(1, RstStatus.FLOW_CONTROL_ERROR)
+        assert await client.until(lambda f: isinstance(f, PingFrame)) == PingFrame(1)
+        assert await asyncio.wait_for(other.read(), TIMEOUT) == b"ok"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fuzz the SPDY frame parser.")
     parser.add_argument("--fuzz-seconds", type=float, default=60.0)

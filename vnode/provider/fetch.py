@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -553,6 +555,7 @@ class _Fetcher:
                     return digest, real
                 dest.unlink()  # a stale or damaged copy: fetch it again
             part = dest.with_name(dest.name + ".incomplete")
+            self._check_space(part, size, display)
             for attempt in (1, 2):
                 resumed = self._stream(url, part, headers, size, progress, display)
                 self.emit({"event": "verifying", "file": display})
@@ -619,9 +622,9 @@ class _Fetcher:
                         length = r.headers.get("Content-Length", "")
                         progress.total = progress.base + have + int(length) if length.isdigit() else 0
                     progress.update(display, have, force=True)
-                    with open(part, "ab" if append else "wb") as f:
+                    with open(part, "ab" if append else "wb", buffering=0) as f:  # a full disk fails the write, not a close
                         for chunk in r.iter_bytes():
-                            f.write(chunk)
+                            _write(f, chunk, part, display, have, size)
                             have += len(chunk)
                             progress.received += len(chunk)
                             progress.update(display, have)
@@ -634,6 +637,19 @@ class _Fetcher:
                 if retries < 0:
                     raise FetchError("DownloadFailed", f"{display}: {type(e).__name__}: {e}") from e
                 time.sleep(1)
+
+    def _check_space(self, part: Path, size: int | None, display: str) -> None:
+        """Refuse a file the store's disk cannot hold before fetching it (its size is known
+        from the hub or a HEAD), rather than filling the disk and failing at the end."""
+        if not size:
+            return
+        have = part.stat().st_size if part.exists() else 0
+        free = shutil.disk_usage(part.parent).free
+        if size - have > free:
+            raise FetchError(
+                "InsufficientStorage",
+                f"{display} needs {(size - have) >> 20} MiB more but the model store's disk ({self.root}) has "
+                f"{free >> 20} MiB free; free space there or move the store (--state-dir)")
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -725,6 +741,21 @@ class _Fetcher:
             raise FetchError("DownloadFailed", f"{what}: {type(e).__name__}: {e}") from e
         except OSError as e:
             raise FetchError("DownloadFailed", f"{what}: {e}") from e
+
+
+def _write(f: Any, chunk: bytes, part: Path, display: str, have: int, size: int | None) -> None:
+    """Append to the partial file; a full disk removes it (it could not be finished, and it
+    would keep the node under DiskPressure) and says so."""
+    try:
+        f.write(chunk)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        part.unlink(missing_ok=True)
+        total = f" of {size >> 20} MiB" if size else ""
+        raise FetchError("InsufficientStorage",
+                         f"the model store's disk filled up while downloading {display} ({have >> 20} MiB{total}); the "
+                         "partial file was removed; free space there or move the store (--state-dir)") from None
 
 
 def _status(e: Exception) -> int | None:

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 UNSUPPORTED = "unsupported probe"  # the detail of an attempt vnode could not make at all
 
 
+MAX_BODY_BYTES = 10 * 1024  # the kubelet's maxRespBodyLength: a probe reads no more of a response
+
+
 class ProbeSpecError(Exception):
     reason = "InvalidProbe"
 
@@ -101,7 +104,7 @@ async def probe_once(
             headers = {h["name"]: h["value"] for h in spec.get("httpHeaders") or []}
             url = f"{scheme}://{target}:{port}{path if path.startswith('/') else '/' + path}"
             async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), ssl=False, allow_redirects=False) as resp:
-                await resp.read()
+                await resp.content.read(MAX_BODY_BYTES)  # as the kubelet: the rest is never read
                 if 200 <= resp.status < 400:
                     return True, ""
                 return False, f"HTTP probe failed with statuscode: {resp.status}"
@@ -138,6 +141,24 @@ class ContainerProber:
         self.failed = asyncio.Event()  # startup or liveness gave up: restart the container
         self.failure = ""
         self._bugs = guarded.Failures("probe-attempt", logger=log)
+        self._nudge = asyncio.Event()
+
+    def nudge(self) -> None:
+        """The server just said it serves (its log): a startup or readiness probe that is
+        waiting out its period runs now, once. The kubelet cannot know this moment; without
+        it Ready lags the server by up to periodSeconds. Nothing when already Ready."""
+        if not (self.started and self.ready):
+            self._nudge.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """The period, or less if nudged meanwhile."""
+        waits = [asyncio.ensure_future(asyncio.sleep(seconds)), asyncio.ensure_future(self._nudge.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def run(self) -> None:
         c = self.container
@@ -164,6 +185,8 @@ class ContainerProber:
 
     async def _attempt(self, probe: Probe, kind: str) -> tuple[bool, str] | None:
         """One attempt, recorded; None if vnode itself failed making it (no result)."""
+        if kind != "Liveness":
+            self._nudge.clear()  # only news that comes while a probe waits brings it forward
         started = time.monotonic()
         try:
             ok, detail = await probe_once(probe, container=self.container, host=self.host, session=self.session,
@@ -183,7 +206,7 @@ class ContainerProber:
         while True:
             result = await self._attempt(probe, kind)
             if result is None:
-                await asyncio.sleep(probe.period_seconds)
+                await self._pause(probe.period_seconds)
                 continue
             ok, detail = result
             if ok:
@@ -192,7 +215,7 @@ class ContainerProber:
             if failures >= probe.failure_threshold:
                 await self._give_up(kind, detail)
                 return False
-            await asyncio.sleep(probe.period_seconds)
+            await self._pause(probe.period_seconds)
 
     async def _give_up(self, kind: str, detail: str) -> None:
         """Startup or liveness failed failureThreshold times: the container is restarted."""
@@ -206,7 +229,7 @@ class ContainerProber:
         while True:
             result = await self._attempt(probe, "Readiness")
             if result is None:
-                await asyncio.sleep(probe.period_seconds)
+                await self._pause(probe.period_seconds)
                 continue
             ok, detail = result
             if ok:
@@ -221,7 +244,7 @@ class ContainerProber:
                     self._on_change()
                 if failures == probe.failure_threshold:
                     await self._on_unhealthy("Readiness", detail)
-            await asyncio.sleep(probe.period_seconds)
+            await self._pause(probe.period_seconds)
 
     async def _liveness(self, probe: Probe) -> None:
         await asyncio.sleep(probe.initial_delay_seconds)

@@ -31,6 +31,7 @@ from vnode.pods.events import EventRecorder
 from vnode.pods.probe_stats import ProbeStats
 from vnode.pods.prober import ContainerProber, ProbeSpecError, run_command, validate_probes
 from vnode.pods.status import EVICTED, ContainerView, StatusManager, now_rfc3339, pod_status
+from vnode.provider import logs
 from vnode.provider.estimate import EstimateError, estimate_in_subprocess
 from vnode.provider.models import ModelError, ModelStore
 from vnode.provider.spec import ContainerIn, LaunchSpec, PodSpecIn
@@ -459,6 +460,8 @@ class ContainerRunner:
         probes = guarded.spawn(prober.run(), name=f"probes {self.w.ref}/{self.c.name}", task="probes", logger=log)
         exited = guarded.spawn(sup.wait(inst), name=f"exit waiter {self.w.ref}/{self.c.name}", task="exit-waiter", logger=log)
         failed = guarded.spawn(prober.failed.wait(), name=f"probe failure {self.w.ref}/{self.c.name}", task="probe-failure", logger=log)
+        serving = guarded.spawn(self._nudge_when_serving(inst, prober), name=f"serving {self.w.ref}/{self.c.name}",
+                                task="serving-watch", logger=log)
         try:
             done, _ = await asyncio.wait([exited, failed], return_when=asyncio.FIRST_COMPLETED)
             if exited in done:
@@ -468,9 +471,17 @@ class ContainerRunner:
             await self.w.event("Normal", "Killing", f"Container {self.c.name} {prober.failure}, will be restarted", container=self.c.name)
             return await sup.stop(inst, grace=float(self.spec.termination_grace_period_seconds))
         finally:
-            await guarded.cancel_and_wait([probes, exited, failed])
+            await guarded.cancel_and_wait([probes, exited, failed, serving])
             self.prober = None
             self.view.ready = False
+
+    async def _nudge_when_serving(self, inst: Instance, prober: ContainerProber) -> None:
+        """Probe at once when the server logs that it serves: Ready follows the server, not
+        the next probe period (one extra probe; the pod's own period is kept otherwise)."""
+        if prober.started and prober.ready:
+            return  # no probe to bring forward
+        if await logs.wait_for_serving(Path(inst.log_path), done=lambda: prober.started and prober.ready):
+            prober.nudge()
 
     async def _stop_orphaned(self, inst: Instance) -> ExitInfo:
         """The instance's shim died and its server lives on: the server is stopped (as on

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -208,3 +209,29 @@ def _read_from(path: Path, offset: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(4 * 1024 * 1024)
+
+
+# llama-server's line once the model is loaded and requests are answered ("srv llama_server:
+# listening on http://..." / "main: server is listening on http://... - starting the main
+# loop"); its earlier "HTTP server is listening, hostname: ..." comes before the model loads.
+SERVING = re.compile(rb"listening on https?://")
+
+
+async def wait_for_serving(log_path: Path, *, done: Callable[[], bool], poll: float = FOLLOW_POLL) -> bool:
+    """Until the instance's log says the server serves (True), or `done()` (False). Reads
+    only what was appended since the last look, in a thread; the shim's log rotates only
+    past megabytes, long after a server has started."""
+    offset, rest = 0, b""
+    while not done():
+        try:
+            chunk = await asyncio.to_thread(_read_from, log_path, offset)
+        except FileNotFoundError:
+            chunk = b""
+        offset += len(chunk)
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        if any(SERVING.search(line) for line in lines):
+            return True
+        if not chunk:
+            await asyncio.sleep(poll)
+    return False

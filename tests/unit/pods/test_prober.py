@@ -4,6 +4,7 @@ environment, bounded by timeoutSeconds, and fed to the kubelet's probe semantics
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from pathlib import Path
@@ -215,3 +216,72 @@ async def test_a_probe_loop_that_dies_leaves_no_sibling_running(monkeypatch) -> 
     seen = len(attempts)
     await _real_sleep(0.1)
     assert len(attempts) == seen, "no probe loop runs after its prober was cancelled"
+
+
+@pytest.mark.parametrize("kind", ["readinessProbe", "startupProbe"])
+async def test_a_nudge_brings_the_next_probe_forward_once(monkeypatch, kind) -> None:
+    """The server says it serves: the probe waiting out its 30 s period runs now, and the
+    period holds again after that one extra attempt."""
+    from vnode.pods import prober as prober_module
+
+    attempts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def loading_then_up(probe, **_kw):
+        attempts.append(loop.time())
+        return len(attempts) >= 2, "" if len(attempts) >= 2 else "HTTP probe failed with statuscode: 503"
+
+    monkeypatch.setattr(prober_module, "probe_once", loading_then_up)
+    container = _container(**{kind: {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 30}})
+    prober = ContainerProber(container, host="127.0.0.1", session=None, on_change=lambda: None,  # type: ignore[arg-type]
+                             on_unhealthy=lambda kind, detail: asyncio.sleep(0))
+    task = asyncio.create_task(prober.run())
+    try:
+        await _real_sleep(0.2)
+        assert len(attempts) == 1
+        prober.nudge()
+        for _ in range(100):
+            if prober.started and prober.ready:
+                break
+            await _real_sleep(0.01)
+        assert prober.started and prober.ready, attempts
+        assert attempts[1] - attempts[0] < 1.0
+        prober.nudge()  # nothing is waiting for it any more: no extra attempt
+        await _real_sleep(0.1)
+        assert len(attempts) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_http_probe_reads_at_most_10_kib_of_an_endless_body() -> None:
+    """A server answering /health with an endless body: the probe succeeds at once instead of
+    reading until its timeout (or the agent's memory) runs out."""
+    import aiohttp
+    from aiohttp import web
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(request)
+        chunk = b"x" * 65536
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await resp.write(chunk)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/health", endless)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    probe = Probe.model_validate({"httpGet": {"path": "/health", "port": port}, "timeoutSeconds": 5})
+    try:
+        async with aiohttp.ClientSession() as session:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            ok, detail = await probe_once(probe, container=_container(), host="127.0.0.1", session=session)
+            assert (ok, detail) == (True, "") and loop.time() - started < 2.0
+    finally:
+        await runner.cleanup()

@@ -93,3 +93,21 @@ def test_tail_reads_only_the_end_of_a_big_log(tmp_path):
     assert read < 256 * 1024, f"--tail=10 read {read} bytes of a 4.5 MB log"
     # Crossing into the older files still works: everything but the first line.
     assert read_existing(log, LogOptions(tail_lines=len(full) - 1))[0] == full[1:]
+
+
+async def test_the_serving_line_is_noticed_as_it_is_written(tmp_path):
+    import asyncio
+
+    from vnode.provider.logs import wait_for_serving
+
+    log = tmp_path / "0.log"
+    early = b"2026-12-02T17:53:11.400000000Z stderr F main: HTTP server is listening, hostname: 198.18.0.2, port: 8080\n"
+    task = asyncio.create_task(wait_for_serving(log, done=lambda: False, poll=0.01))
+    await asyncio.sleep(0.05)
+    log.write_bytes(early + b"2026-12-02T17:53:15.344915000Z stderr F srv  llama_server: model loaded\n")
+    await asyncio.sleep(0.05)
+    assert not task.done(), "listening before the model is loaded is not serving"
+    with log.open("ab") as f:
+        f.write(b"2026-12-02T17:53:15.345142000Z stderr F srv  llama_server: listening on http://198.18.0.2:8080\n")
+    assert await asyncio.wait_for(task, 2) is True
+    assert await wait_for_serving(tmp_path / "none.log", done=lambda: True) is False

@@ -2,11 +2,18 @@
 """Kubelet API benchmarks: exec, stream echo, logs -f and event-loop stalls,
 through the real API server with the real kubectl, and against vnode alone.
 
-Starts a local control plane, the local Hugging Face-like hub serving Gemma 3 270M, one
-vnode agent and one Pod (llama-server; its spec also declares two extra containerPorts, an
-echo port and a bulk port, because vnode forwards declared ports only). A small asyncio
-echo/bulk server of our own runs in the node's network namespace on the node IP at those
-two ports. Then, in one run:
+Starts a local control plane, the local Hugging Face-like hub serving Gemma 3 270M and two
+vnode agents, each a "Mac" of its own (network namespace, node IP):
+
+  bench-kubelet       the real llama-server; Pod bench-kubelet-api (sections 1, 4, 5)
+  bench-kubelet-echo  its --llama-server is bench/support/standin.py, a small asyncio server
+                      that answers GET /health (the readiness probe) and speaks our echo and
+                      bulk protocols on the one port vnode launches it on; Pod
+                      bench-kubelet-echo (section 2, and bench/portforward.py)
+
+vnode's port-forward reaches only the port it launched a pod's server on (pods share the
+host's network), so the echo and bulk protocols are served there, by the pod's own server,
+rather than by a separate program on an extra containerPort. Then, in one run:
 
   1. exec round trip: wall time of `kubectl exec <pod> -- true`, next to the API server's
      own hop: `kubectl get --raw /api/v1/nodes/<node>/proxy/healthz` (a proxied request to
@@ -18,11 +25,11 @@ two ports. Then, in one run:
      kubelet-client certificate (fresh TLS connection each, as the API server uses for an
      exec): GET /healthz, and exec `true` over SPDY with vnode's own codec.
   2. stream echo: --lines lines of 64 B, one at a time, each timed from write to its echo,
-     over five long-lived sessions, round-robin:
+     over five long-lived sessions, round-robin, all to the echo Pod and its node's agent:
        A  `kubectl exec -i <pod> -- cat`          kubectl -> API server -> vnode exec -> cat
        B  SPDY exec `cat` straight to vnode        vnode exec -> cat (no API server)
-       C  TCP to the echo server on the node IP    the floor: network + an echo program
-       D  `kubectl port-forward` to the echo port  kubectl -> API server -> vnode forward -> echo
+       C  TCP to the stand-in on the node IP       the floor: network + an echo program
+       D  `kubectl port-forward` to its port       kubectl -> API server -> vnode forward -> echo
        E  SPDY port-forward straight to vnode      vnode forward -> echo (no API server)
      The API server's own hop cannot be measured without a kubelet behind it, so vnode's
      share is measured without the API server instead: "added by vnode" = B - C (TLS + SPDY
@@ -69,6 +76,7 @@ import os
 import random
 import re
 import select
+import shlex
 import shutil
 import socket
 import ssl
@@ -97,7 +105,6 @@ from pods import cpu_clock, cpu_seconds, foreign_activity, machine, percentile, 
 from vnode.cluster.build import ensure_llama_server  # noqa: E402
 from vnode.cluster.local import LocalCluster, free_port  # noqa: E402
 from vnode.cluster.processes import Proc  # noqa: E402
-from vnode.cluster.processes import start as start_process  # noqa: E402
 from vnode.cluster.processes import stop as stop_process  # noqa: E402
 from vnode.kubelet_api.spdy import (  # noqa: E402
     FLAG_FIN, DataFrame, FrameEncoder, FrameParser, GoAwayFrame, RstStreamFrame, SynStreamFrame,
@@ -107,62 +114,18 @@ from vnode.provider.logs import parse_time  # noqa: E402
 NODE = "bench-kubelet"
 NAMESPACE = podbench.NAMESPACE
 POD = "bench-kubelet-api"
-SERVER_PORT, ECHO_PORT, BULK_PORT = 18600, 18601, 18602
+ECHO_NODE, ECHO_POD = "bench-kubelet-echo", "bench-kubelet-echo"  # the stand-in's node and Pod
+SERVER_PORT = 18600
+# The stand-in's one port (echo, bulk and GET /health): the port vnode launches it on, the
+# only one port-forward reaches.
+ECHO_PORT = BULK_PORT = 18601
+STANDIN = BENCH / "support" / "standin.py"
 KUBELET_PORT = 10250
 RESULTS = BENCH / "results"
 TARGETS = {"echo_added_by_vnode_p50_ms": 5.0, "loop_stall_ms": 50.0}  # port-forward throughput: bench/portforward.py
 PROBE_INTERVAL = 0.02
 MARKER = b"stop processing"  # llama-server's last log line of a request ("slot release: ...")
 LINE = 64
-
-ECHO_SERVER = r"""
-import asyncio, sys
-host, echo_port, bulk_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-BLOCK = memoryview(b"\x5a" * (1 << 20))
-
-async def echo(r, w):
-    try:
-        while (data := await r.read(65536)):
-            w.write(data)
-            await w.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        w.close()
-
-async def bulk(r, w):
-    # "PUT n\n" + n bytes -> "OK n\n";  "GET n\n" -> n bytes
-    try:
-        while (line := await r.readline()):
-            op, n = line.split()
-            n = left = int(n)
-            if op == b"PUT":
-                while left:
-                    data = await r.read(min(left, 1 << 20))
-                    if not data:
-                        return
-                    left -= len(data)
-                w.write(b"OK %d\n" % n)
-            else:
-                while left:
-                    k = min(left, len(BLOCK))
-                    w.write(BLOCK[:k])
-                    left -= k
-                    await w.drain()
-            await w.drain()
-    except (ConnectionError, OSError, ValueError):
-        pass
-    finally:
-        w.close()
-
-async def main():
-    await asyncio.start_server(echo, host, echo_port)
-    await asyncio.start_server(bulk, host, bulk_port)
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
 
 PROBER = r"""
 import http.client, json, socket, ssl, sys, time
@@ -279,11 +242,11 @@ class Kubectl:
 
 
 class Kubelet:
-    """vnode's kubelet port, reached as the API server reaches it: its kubelet-client certificate."""
+    """vnode's kubelet port of one node, reached as the API server reaches it: its kubelet-client certificate."""
 
-    def __init__(self, cluster: LocalCluster) -> None:
+    def __init__(self, cluster: LocalCluster, node: str | None = None) -> None:
         pki = Path(cluster.state.directory) / "pki"
-        self.host, self.port = cluster.state.host.ns_ip, KUBELET_PORT
+        self.host, self.port = cluster.state.host_for(node).ns_ip, KUBELET_PORT
         self.ca, self.cert, self.key = str(pki / "ca.crt"), str(pki / "apiserver-kubelet-client.crt"), str(pki / "apiserver-kubelet-client.key")
         self.ctx = ssl.create_default_context(cafile=self.ca)
         self.ctx.load_cert_chain(self.cert, self.key)
@@ -406,9 +369,9 @@ class SpdyClient:
             pass
 
 
-def exec_path(command: list[str], *, stdin: bool = False) -> str:
+def exec_path(command: list[str], *, stdin: bool = False, pod: str = POD) -> str:
     query = [("command", c) for c in command] + [("output", "1"), ("error", "1")] + ([("input", "1")] if stdin else [])
-    return f"/exec/{NAMESPACE}/{POD}/server?{urlencode(query)}"
+    return f"/exec/{NAMESPACE}/{pod}/server?{urlencode(query)}"
 
 
 def direct_exec_true(kubelet: Kubelet) -> dict:
@@ -514,9 +477,9 @@ class SocketEcho(EchoPath):
 
 
 class SpdyExecEcho(EchoPath):
-    def __init__(self, kubelet: Kubelet) -> None:
+    def __init__(self, kubelet: Kubelet, pod: str = POD) -> None:
         self.name = "B vnode alone: SPDY exec cat"
-        self.c = SpdyClient(kubelet, exec_path(["cat"], stdin=True), "v4.channel.k8s.io")
+        self.c = SpdyClient(kubelet, exec_path(["cat"], stdin=True, pod=pod), "v4.channel.k8s.io")
         self.err = self.c.open(streamtype="error")
         self.stdin = self.c.open(streamtype="stdin")
         self.stdout = self.c.open(streamtype="stdout")
@@ -541,8 +504,8 @@ class SpdyExecEcho(EchoPath):
 class SpdyForward:
     """`portForward` straight to vnode: one SPDY session, a stream pair per connection."""
 
-    def __init__(self, kubelet: Kubelet) -> None:
-        self.c = SpdyClient(kubelet, f"/portForward/{NAMESPACE}/{POD}", "portforward.k8s.io")
+    def __init__(self, kubelet: Kubelet, pod: str = POD) -> None:
+        self.c = SpdyClient(kubelet, f"/portForward/{NAMESPACE}/{pod}", "portforward.k8s.io")
         self._request = 0
 
     def connect(self, port: int) -> int:
@@ -675,45 +638,82 @@ def complete(host: str, max_tokens: int) -> None:
 # --------------------------------------------------------------------------- set-up
 
 
-def pod_manifest() -> dict:
+def _manifest(name: str, node: str, args: list[str], port: int, port_name: str) -> dict:
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": POD, "labels": {"app": podbench.LABEL}},
+        "metadata": {"name": name, "labels": {"app": podbench.LABEL}},
         "spec": {
-            "nodeSelector": {"llmkube.dev/accelerator": "metal", "kubernetes.io/hostname": NODE},
+            "nodeSelector": {"llmkube.dev/accelerator": "metal", "kubernetes.io/hostname": node},
             "tolerations": [{"key": "llmkube.dev/accelerator", "operator": "Equal", "value": "metal", "effect": "NoSchedule"}],
             "terminationGracePeriodSeconds": 5,
             "containers": [{
                 "name": "server", "image": podbench.IMAGE,
-                "args": ["-hf", f"{podbench.REPO}:Q4_K_M", "--port", str(SERVER_PORT), "-c", str(podbench.CTX)],
-                # The extra ports are served by our echo/bulk server: vnode forwards declared ports only.
-                "ports": [{"containerPort": SERVER_PORT, "name": "http"}, {"containerPort": ECHO_PORT, "name": "echo"},
-                          {"containerPort": BULK_PORT, "name": "bulk"}],
-                "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 1},
+                "args": ["-hf", f"{podbench.REPO}:Q4_K_M", "--port", str(port), *args],
+                "ports": [{"containerPort": port, "name": port_name}],
+                "readinessProbe": {"httpGet": {"path": "/health", "port": port_name}, "periodSeconds": 1},
             }],
         },
     }
 
 
-def pod_ready(core: k8s.CoreV1Api) -> bool:
+def pod_manifest() -> dict:
+    """The llama-server Pod on NODE."""
+    return _manifest(POD, NODE, ["-c", str(podbench.CTX)], SERVER_PORT, "http")
+
+
+def echo_pod_manifest(node: str = ECHO_NODE) -> dict:
+    """The stand-in's Pod on `node` (whose agent runs bench/support/standin.py as its llama-server):
+    echo, bulk and /health on ECHO_PORT. vnode fetches the model as for any server (the
+    stand-in ignores it)."""
+    return _manifest(ECHO_POD, node, ["-c", str(podbench.CTX)], ECHO_PORT, "echo")
+
+
+def pod_ready(core: k8s.CoreV1Api, name: str = POD) -> bool:
     try:
-        pod = core.read_namespaced_pod_status(POD, NAMESPACE, _request_timeout=5)
+        pod = core.read_namespaced_pod_status(name, NAMESPACE, _request_timeout=5)
     except Exception:  # noqa: BLE001
         return False
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
-def start_echo_server(cluster: LocalCluster) -> Proc:
-    """Our echo/bulk server in the node's network namespace, on the node IP; recorded so down() stops it too."""
+def standin_binary(directory: Path) -> Path:
+    """An executable for an agent's --llama-server: bench/support/standin.py run by this Python
+    (stdlib only: -I -S), written into the cluster directory."""
+    path = directory / "bench-standin" / "llama-server-standin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S {shlex.quote(str(STANDIN))} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def start_node(cluster: LocalCluster, core: k8s.CoreV1Api, node: str, *extra: str, timeout: float = 60) -> Proc:
+    """A vnode agent for `node` (recorded: down() stops it), once its Node is Ready."""
+    agent = cluster.start_agent(*extra, node_name=node)
+    deadline = time.monotonic() + timeout
+    while not podbench.node_ready(core, node):
+        if not agent.alive() or time.monotonic() > deadline:
+            raise SystemExit(f"agent did not make {node} Ready; see {agent.log}")
+        time.sleep(0.1)
+    return agent
+
+
+def start_echo_node(cluster: LocalCluster, core: k8s.CoreV1Api, hub_url: str, node: str = ECHO_NODE) -> Proc:
+    """The stand-in's agent: `node` with bench/support/standin.py as its llama-server, on a
+    "Mac" of its own unless it is the cluster's first node."""
     state = cluster.state
-    host = state.host.ns_ip
-    cmd = [*state.host.exec_prefix(), sys.executable, "-c", ECHO_SERVER, host, str(ECHO_PORT), str(BULK_PORT)]
-    proc = start_process("bench-echo-server", cmd, log=Path(state.directory) / "logs" / "bench-echo-server.log")
-    state.procs.append(proc.to_dict())
-    state.save()
-    wait_port(host, ECHO_PORT, proc, what=f"echo server (see {proc.log})")
-    wait_port(host, BULK_PORT, proc, what=f"bulk server (see {proc.log})")
-    return proc
+    if node != state.node_name:
+        cluster.add_host(node)
+    return start_node(cluster, core, node, f"--hf-endpoint={hub_url}", f"--llama-server={standin_binary(Path(state.directory))}")
+
+
+def wait_pods_ready(core: k8s.CoreV1Api, pods: dict[str, Proc], timeout: float = 300) -> None:
+    """Until every Pod named is Ready; exits the bench naming its agent's log otherwise."""
+    deadline = time.monotonic() + timeout
+    for name, agent in pods.items():
+        while not pod_ready(core, name):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"pod {name} not Ready within {timeout:.0f} s; see {agent.log}")
+            time.sleep(0.2)
 
 
 def wait_port(host: str, port: int, proc: Proc | subprocess.Popen, *, what: str, timeout: float = 20) -> None:
@@ -1071,7 +1071,6 @@ def main() -> int:
     state = cluster.up()
     children = Children(directory / "logs")
     core: k8s.CoreV1Api | None = None
-    echo_server: Proc | None = None
     hub: Proc | None = None
     opened: list = []
     sections: dict[str, dict] = {}
@@ -1079,22 +1078,14 @@ def main() -> int:
         k8s_config.load_kube_config(config_file=state.admin_kubeconfig)
         core = k8s.CoreV1Api()
         hub, hub_url = podbench.start_hub(cluster, gemma)
-        agent = cluster.start_agent(f"--hf-endpoint={hub_url}", f"--llama-server={binary}", node_name=NODE)
-        deadline = time.monotonic() + 60
-        while not podbench.node_ready(core, NODE):
-            if not agent.alive() or time.monotonic() > deadline:
-                raise SystemExit(f"agent did not make {NODE} Ready; see {agent.log}")
-            time.sleep(0.1)
-        host = state.host.ns_ip
-        echo_server = start_echo_server(cluster)
-        print(f"cluster in {directory}; pod {POD} (model download, server start) ...", flush=True)
+        agent = start_node(cluster, core, NODE, f"--hf-endpoint={hub_url}", f"--llama-server={binary}")
+        echo_agent = start_echo_node(cluster, core, hub_url)
+        host, echo_host = state.host.ns_ip, state.host_for(ECHO_NODE).ns_ip
+        print(f"cluster in {directory}; pods {POD} and {ECHO_POD} (model download, server start) ...", flush=True)
         core.create_namespaced_pod(NAMESPACE, pod_manifest())
-        deadline = time.monotonic() + 300
-        while not pod_ready(core):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"pod {POD} not Ready within 300 s; see {agent.log}")
-            time.sleep(0.2)
-        kubectl, kubelet = Kubectl(cluster), Kubelet(cluster)
+        core.create_namespaced_pod(NAMESPACE, echo_pod_manifest())
+        wait_pods_ready(core, {POD: agent, ECHO_POD: echo_agent})
+        kubectl, kubelet, echo_kubelet = Kubectl(cluster), Kubelet(cluster), Kubelet(cluster, ECHO_NODE)
         apiserver_pid = next((p["pid"] for p in state.procs if p["name"] == "kube-apiserver"), None)
 
         print(f"1. exec round trips: {args.runs} of each kind, interleaved ...", flush=True)
@@ -1102,13 +1093,13 @@ def main() -> int:
         exec_result = bench_exec(kubectl, kubelet, args.runs)
         sections["exec"] = sec.end()
 
-        print(f"2. stream echo: {args.lines} lines per session, 5 sessions round-robin ...", flush=True)
-        pf_proc, pf_local = start_port_forward(children, kubectl, POD, [ECHO_PORT])
-        exec_proc = children.popen("exec-cat", kubectl.cmd("exec", "-i", "-n", NAMESPACE, POD, "--", "cat"), stdin=True)
-        forward = SpdyForward(kubelet)
+        print(f"2. stream echo: {args.lines} lines per session, 5 sessions round-robin (pod {ECHO_POD}) ...", flush=True)
+        pf_proc, pf_local = start_port_forward(children, kubectl, ECHO_POD, [ECHO_PORT])
+        exec_proc = children.popen("exec-cat", kubectl.cmd("exec", "-i", "-n", NAMESPACE, ECHO_POD, "--", "cat"), stdin=True)
+        forward = SpdyForward(echo_kubelet, ECHO_POD)
         opened.append(forward)
-        paths: list[EchoPath] = [PipeEcho("A kubectl exec -i cat", exec_proc), SpdyExecEcho(kubelet),
-                                 SocketEcho("C direct TCP echo (floor)", host, ECHO_PORT),
+        paths: list[EchoPath] = [PipeEcho("A kubectl exec -i cat", exec_proc), SpdyExecEcho(echo_kubelet, ECHO_POD),
+                                 SocketEcho("C direct TCP echo (floor)", echo_host, ECHO_PORT),
                                  SocketEcho("D kubectl port-forward echo", "127.0.0.1", pf_local[ECHO_PORT]), SpdyForwardEcho(forward)]
         opened.extend(paths)
         sec = Section(directory, args.wait_quiet)
@@ -1145,20 +1136,21 @@ def main() -> int:
         children.stop_all()
         if core is not None and cluster.state is not None:
             podbench.cleanup_pods(core)
-        if echo_server is not None:
-            stop_process(echo_server)
         if hub is not None:
             stop_process(hub)
         cluster.down()
         leftovers = podbench.stop_leftover_servers(directory)
         if leftovers:
             print(f"warning: stopped {len(leftovers)} pod server(s) the agent left running: pids {leftovers}", file=sys.stderr)
-        shutil.rmtree(directory / "agents" / NODE / "models", ignore_errors=True)
+        for node in (NODE, ECHO_NODE):
+            shutil.rmtree(directory / "agents" / node / "models", ignore_errors=True)
     elapsed = time.monotonic() - started
 
     logs_dir = directory / "logs"
-    agent_log = scan_log(sorted(logs_dir.glob(f"vnode-{NODE}.*.log")), r" (WARNING|ERROR|CRITICAL) |Traceback")
-    apiserver_log = scan_log([logs_dir / "kube-apiserver.log"], r"^E\d{4} .*(" + re.escape(state.host.ns_ip) + r"|kubelet|proxy|stream|exec|portforward)")
+    agent_log = scan_log(sorted(logs_dir.glob(f"vnode-{NODE}.*.log")) + sorted(logs_dir.glob(f"vnode-{ECHO_NODE}.*.log")),
+                         r" (WARNING|ERROR|CRITICAL) |Traceback")
+    node_ips = "|".join(re.escape(ip) for ip in (host, echo_host))
+    apiserver_log = scan_log([logs_dir / "kube-apiserver.log"], r"^E\d{4} .*(" + node_ips + r"|kubelet|proxy|stream|exec|portforward)")
 
     e = echo_result["ms"]
     names = {k[0]: k for k in e}

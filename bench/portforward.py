@@ -2,22 +2,25 @@
 """Port-forward throughput: vnode against direct TCP and against the kubelet's own Go code,
 through the same real API server and kubectl, on an unshaped and on shaped links.
 
-Starts a local control plane, the local hub, one vnode agent and the Pod of
-bench/kubelet_api.py (its spec declares the bulk port of our small echo/bulk server, which
-runs in the node's network namespace on the node IP). Beside vnode, in the same network
-namespace and with the same serving certificate, runs `goref serve` (bench/goref: the
-kubelet's own streaming code, k8s.io/kubelet/pkg/cri/streaming/portforward, no auth), and
+Starts a local control plane, the local hub, one vnode agent whose --llama-server is
+bench/support/standin.py and the echo Pod of bench/kubelet_api.py: vnode launches the
+stand-in on the Pod's port like any server, and on that port (the only one vnode's
+port-forward reaches) it answers the readiness probe's GET /health and serves our bulk
+protocol. Beside vnode, in the same network namespace and with the same serving
+certificate, runs `goref serve` (bench/goref: the kubelet's own streaming code,
+k8s.io/kubelet/pkg/cri/streaming/portforward, no auth) dialing the same node IP and port, and
 a Node object of its own points the API server at it, with a Pod bound to that Node and
-marked Running, so `kubectl port-forward` reaches it exactly as it reaches vnode. Paths:
+marked Running, so `kubectl port-forward` reaches it exactly as it reaches vnode. Paths
+(every one ends at the same stand-in process, moving the same bytes):
 
   direct              TCP from the root namespace to <node ip>:<bulk port>
-  kubectl -> vnode    kubectl port-forward -> API server -> vnode -> bulk server
-  kubectl -> Go       kubectl port-forward -> API server -> kubelet Go code -> bulk server
+  kubectl -> vnode    kubectl port-forward -> API server -> vnode -> stand-in
+  kubectl -> Go       kubectl port-forward -> API server -> kubelet Go code -> stand-in
   Go client -> vnode  `goref forward` (client-go's SPDY port-forward, what the API server
                       runs) straight to vnode with the API server's kubelet-client cert
   Go client -> Go     the same client straight to the kubelet Go code
 
-Each transfer is --mb MB on a new connection, upload (PUT: the bulk server counts and
+Each transfer is --mb MB on a new connection, upload (PUT: the stand-in counts and
 acks) and download (GET: it sends), --runs per path and direction, the paths interleaved
 in a shuffled order each round. Besides MB/s, the CPU seconds per GB used by the
 forwarding server (vnode's agent or goref serve), the API server and the client (kubectl or
@@ -56,10 +59,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-import kubelet_api as kb  # noqa: E402 - bench/kubelet_api.py: cluster, Pod, bulk server, kubectl helpers
+import kubelet_api as kb  # noqa: E402 - bench/kubelet_api.py: the stand-in node and Pod, bulk client, kubectl helpers
 import pods as podbench  # noqa: E402
 from pods import cpu_seconds, foreign_activity, machine, wait_quiet  # noqa: E402
-from vnode.cluster.build import cache_dir, ensure_llama_server  # noqa: E402
+from vnode.cluster.build import cache_dir  # noqa: E402
 from vnode.cluster.local import LocalCluster, free_port  # noqa: E402
 from vnode.cluster.processes import Proc  # noqa: E402
 from vnode.cluster.processes import start as start_process  # noqa: E402
@@ -97,8 +100,9 @@ def start_goref_serve(cluster: LocalCluster, goref: Path) -> Proc:
     state = cluster.state
     pki = Path(state.directory) / "pki"
     host = state.host.ns_ip
+    node = state.node_name
     cmd = [*state.host.exec_prefix(), str(goref), "serve", f"--listen={host}:{REF_PORT}",
-           f"--cert={pki / f'node-{kb.NODE}-serving.crt'}", f"--key={pki / f'node-{kb.NODE}-serving.key'}", f"--target={host}"]
+           f"--cert={pki / f'node-{node}-serving.crt'}", f"--key={pki / f'node-{node}-serving.key'}", f"--target={host}"]
     proc = start_process("goref-serve", cmd, log=Path(state.directory) / "logs" / "goref-serve.log")
     state.procs.append(proc.to_dict())
     state.save()
@@ -108,8 +112,8 @@ def start_goref_serve(cluster: LocalCluster, goref: Path) -> Proc:
 
 def register_reference(core: k8s.CoreV1Api, host: str) -> None:
     """A Node whose kubelet endpoint is goref serve, and a Running Pod bound to it: what the API
-    server needs to proxy `kubectl port-forward` there. Nothing runs the Pod; the bulk server
-    behind goref plays its container."""
+    server needs to proxy `kubectl port-forward` there. Nothing runs the Pod; the stand-in
+    behind goref (vnode's echo Pod's server) plays its container."""
     core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": REF_NODE, "labels": {"vnode.bench/reference": "goref"}},
                       "spec": {"taints": [{"key": "vnode.bench/reference", "value": "goref", "effect": "NoSchedule"}]}})
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -234,8 +238,8 @@ def main() -> int:
     started = time.monotonic()
     directory = (args.dir or Path(tempfile.mkdtemp(prefix="vnode-bench-pf-"))).resolve()
     noise = {"load_avg_at_start": os.getloadavg(), "other_clusters_at_start": foreign_activity(directory)}
-    goref, binary, gemma = ensure_goref(), ensure_llama_server(), podbench.gemma_path()
-    cluster = LocalCluster(directory, node_name=kb.NODE)
+    goref, gemma = ensure_goref(), podbench.gemma_path()
+    cluster = LocalCluster(directory, node_name=kb.ECHO_NODE)  # its one node runs the stand-in
     state = cluster.up()
     children = kb.Children(directory / "logs")
     core: k8s.CoreV1Api | None = None
@@ -246,27 +250,17 @@ def main() -> int:
         core = k8s.CoreV1Api()
         hub, hub_url = podbench.start_hub(cluster, gemma)
         servers.append(hub)
-        agent = cluster.start_agent(f"--hf-endpoint={hub_url}", f"--llama-server={binary}", node_name=kb.NODE)
-        deadline = time.monotonic() + 60
-        while not podbench.node_ready(core, kb.NODE):
-            if not agent.alive() or time.monotonic() > deadline:
-                raise SystemExit(f"agent did not make {kb.NODE} Ready; see {agent.log}")
-            time.sleep(0.1)
+        agent = kb.start_echo_node(cluster, core, hub_url)
         host = state.host.ns_ip
-        servers.append(kb.start_echo_server(cluster))
         servers.append(start_goref_serve(cluster, goref))
         register_reference(core, host)
-        core.create_namespaced_pod(kb.NAMESPACE, kb.pod_manifest())
-        deadline = time.monotonic() + 300
-        while not kb.pod_ready(core):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"pod {kb.POD} not Ready within 300 s; see {agent.log}")
-            time.sleep(0.2)
+        core.create_namespaced_pod(kb.NAMESPACE, kb.echo_pod_manifest())
+        kb.wait_pods_ready(core, {kb.ECHO_POD: agent})
         kubectl = kb.Kubectl(cluster)
         apiserver = next(p["pid"] for p in state.procs if p["name"] == "kube-apiserver")
-        pf_vnode, local_vnode = kb.start_port_forward(children, kubectl, kb.POD, [kb.BULK_PORT])
+        pf_vnode, local_vnode = kb.start_port_forward(children, kubectl, kb.ECHO_POD, [kb.BULK_PORT])
         pf_ref, local_ref = kb.start_port_forward(children, kubectl, REF_POD, [kb.BULK_PORT])
-        gf_vnode, gl_vnode = start_goref_forward(children, goref, cluster, kb.KUBELET_PORT, kb.POD)
+        gf_vnode, gl_vnode = start_goref_forward(children, goref, cluster, kb.KUBELET_PORT, kb.ECHO_POD)
         gf_ref, gl_ref = start_goref_forward(children, goref, cluster, REF_PORT, REF_POD)
         ref_pid = servers[-1].pid
         paths = {
@@ -297,7 +291,7 @@ def main() -> int:
             stop_process(proc)
         cluster.down()
         podbench.stop_leftover_servers(directory)
-        shutil.rmtree(directory / "agents" / kb.NODE / "models", ignore_errors=True)
+        shutil.rmtree(directory / "agents" / kb.ECHO_NODE / "models", ignore_errors=True)
     elapsed = time.monotonic() - started
 
     result = {

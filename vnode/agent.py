@@ -157,11 +157,12 @@ async def run_agent(settings: Settings) -> int:
             return ["llama-server not found: install it or pass --llama-server PATH"]
         return []
 
-    lease = LeaseController(api=api, node_name=settings.node_name, duration_seconds=settings.lease_duration_seconds)
+    lease = LeaseController(api=api, node_name=settings.node_name, duration_seconds=settings.lease_duration_seconds,
+                            on_recovered=lambda: (node.resync(), pods.resync()))  # the watches may hang after an outage
 
     async def heartbeat() -> None:
         await node.registered.wait()
-        await lease.run(node_uid=node.node_uid)
+        await lease.run(node_uid=lambda: node.node_uid)  # a re-registered Node has a new uid
 
     facts = await host.facts()
     http = aiohttp.ClientSession()
@@ -278,6 +279,7 @@ async def run_agent(settings: Settings) -> int:
                 tasks.create_task(node_status(), name="node-status")
                 tasks.create_task(heartbeat(), name="lease")
                 tasks.create_task(status.run(), name="pod-status")
+                tasks.create_task(ctx.events.run(), name="events")
                 tasks.create_task(pod_layer(), name="pods")
                 tasks.create_task(evictions(), name="eviction")
                 tasks.create_task(kubelet_api(), name="kubelet-api")

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -282,11 +282,13 @@ class KubeClient:
     async def delete(self, path: str, body: dict | None = None) -> dict:
         return await self.request("DELETE", path, body=body)
 
-    async def watch(self, path: str, *, timeout_seconds: int = 300, **params: Any) -> AsyncIterator[dict]:
+    async def watch(self, path: str, *, timeout_seconds: int = 300, on_open: Callable[[], None] | None = None,
+                    **params: Any) -> AsyncIterator[dict]:
         """Watch events ({"type", "object"}) until the server ends the stream.
 
-        An ERROR event is raised as ApiError (410 Gone means: list again). A watch started
-        before a credential switch goes on with the old session until it ends."""
+        An ERROR event is raised as ApiError (410 Gone means: list again). `on_open` is called
+        once the server accepted the watch (an idle watch may send nothing for a minute). A
+        watch started before a credential switch goes on with the old session until it ends."""
         query = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": timeout_seconds, **params}
         url = self.server + path + "?" + urlencode(query)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total, sock_read=timeout_seconds + 30)
@@ -300,6 +302,8 @@ class KubeClient:
                     if status >= 400:
                         reason, text = resp.reason or "", await resp.text()
                     else:
+                        if on_open is not None:
+                            on_open()
                         async for line in _lines(resp.content):
                             event = json.loads(line)
                             if event.get("type") == "ERROR":

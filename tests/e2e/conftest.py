@@ -7,8 +7,10 @@ stopped by pid when the session ends, whether the tests passed or not.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from vnode.cluster import pki
+from vnode.cluster.build import ensure_llama_server
 from vnode.cluster.local import LocalCluster, free_port, write_kubeconfig
 from vnode.cluster.processes import Proc, stop
 from vnode.cluster.processes import start as start_process
@@ -148,6 +151,37 @@ def agents(cluster: LocalCluster) -> Iterator[Agents]:
         yield manager
     finally:
         manager.stop_all()
+
+
+@contextlib.contextmanager
+def serving_nodes(cluster: LocalCluster, hub: str, names: tuple[str, ...] | list[str], *flags: str,
+                  own_host: bool = False) -> Iterator[Agents]:
+    """Nodes that serve Gemma pods from the local hub with the cached llama-server: started,
+    Ready, and stopped and deleted afterwards. `agents.args` are their flags, for restarts."""
+    agents = Agents(cluster)
+    agents.args = [f"--hf-endpoint={hub}", f"--llama-server={ensure_llama_server()}", *flags]  # type: ignore[attr-defined]
+    try:
+        for name in names:
+            agents.start(*agents.args, name=name, own_host=own_host)  # type: ignore[attr-defined]
+        for name in names:
+            wait_for(lambda n=name: node_ready(cluster, n), timeout=60, what=f"{name} Ready")
+        yield agents
+    finally:
+        agents.stop_all()
+        for name in names:
+            cluster.kubectl("delete", "node", name, check=False)
+
+
+@contextlib.contextmanager
+def namespace(cluster: LocalCluster, request: pytest.FixtureRequest, prefix: str) -> Iterator[str]:
+    """A namespace of its own for one test, named after it; deleted afterwards."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_"))
+    name = f"{prefix}-{slug[:30].strip('-')}-{abs(hash(request.node.name)) % 10000}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

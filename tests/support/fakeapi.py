@@ -2,6 +2,10 @@
 client certificates verified against a test CA, bearer tokens checked, and the few
 endpoints the credential code calls (CSRs signed at once, SelfSubjectReview, a watch that
 streams until released). It records who each request came as.
+
+For the watch-resume tests it also lists and watches /api/v1/pods: `pods_list` is what a
+list returns (a list of them: one per list request), `pod_watches` scripts each watch request in turn (its events, then the end of
+the stream; or an HTTP status to answer instead), and `pod_requests` records every query.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ class FakeApi:
     seen: list[Seen] = field(default_factory=list)
     csrs: dict[str, dict] = field(default_factory=dict)
     release_watch: asyncio.Event = field(default_factory=asyncio.Event)
+    pods_list: dict = field(default_factory=lambda: {"kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": []})
+    pod_watches: list = field(default_factory=list)  # per watch request: a list of events, or an int HTTP status
+    pod_requests: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -62,6 +69,7 @@ class FakeApi:
         app = web.Application()
         app.router.add_get("/api/v1/whoami", self._whoami)
         app.router.add_get("/api/v1/stream", self._stream)
+        app.router.add_get("/api/v1/pods", self._pods)
         app.router.add_post(CSRS, self._create_csr)
         app.router.add_get(CSRS + "/{name}", self._get_csr)
         app.router.add_post("/apis/authentication.k8s.io/v1/selfsubjectreviews", self._review)
@@ -113,6 +121,30 @@ class FakeApi:
         await resp.write(json.dumps({"type": "ADDED", "object": {"serial": seen.serial}}).encode() + b"\n")
         await self.release_watch.wait()
         await resp.write(json.dumps({"type": "MODIFIED", "object": {"serial": seen.serial}}).encode() + b"\n")
+        await resp.write_eof()
+        return resp
+
+    async def _pods(self, request: web.Request) -> web.StreamResponse:
+        query = dict(request.query)
+        self.pod_requests.append(query)
+        if query.get("watch") != "true":
+            if isinstance(self.pods_list, list):  # one listing per list request, the last one repeated
+                return web.json_response(self.pods_list.pop(0) if len(self.pods_list) > 1 else self.pods_list[0])
+            return web.json_response(self.pods_list)
+        script = self.pod_watches.pop(0) if self.pod_watches else None
+        if script is None:  # None or nothing scripted: hold the watch open until the test ends
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            await self.release_watch.wait()
+            return resp
+        if isinstance(script, int):
+            reason = {410: "Expired", 500: "InternalError"}.get(script, "Error")
+            return web.json_response({"kind": "Status", "code": script, "reason": reason, "message": f"scripted {script}"},
+                                     status=script)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for event in script:
+            await resp.write(json.dumps(event).encode() + b"\n")
         await resp.write_eof()
         return resp
 

@@ -86,11 +86,11 @@ def resources(identity: NodeIdentity, facts: HostFacts) -> tuple[dict[str, str],
     return capacity, allocatable
 
 
-def node_info(facts: HostFacts) -> dict[str, str]:
+def node_info(facts: HostFacts, *, boot_id: str = "") -> dict[str, str]:
     return {
         "machineID": facts.machine_id,
         "systemUUID": facts.machine_id,
-        "bootID": "",
+        "bootID": boot_id,
         "kernelVersion": facts.kernel_version,
         "osImage": facts.os_image,
         "containerRuntimeVersion": RUNTIME_VERSION,
@@ -193,12 +193,21 @@ def addresses(identity: NodeIdentity, facts: HostFacts) -> list[dict[str, str]]:
     ]
 
 
+NODE_CONDITIONS = ("MemoryPressure", "DiskPressure", "PIDPressure", "Ready")
+
+
+def condition_fingerprint(status: dict) -> tuple:
+    """vnode's conditions as (type, status, reason), in a fixed order: what is compared with
+    the API server's copy, which another writer (the node lifecycle controller) may change."""
+    found = {c.get("type"): (c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []}
+    return tuple(found.get(kind, (kind, None, None)) for kind in NODE_CONDITIONS)
+
+
 def status_fingerprint(status: dict) -> tuple:
     """What must be reported at once when it changes. Heartbeat times and messages are
     left out (a pressure message carries live numbers); they ride on the periodic report."""
-    conds = tuple((c["type"], c["status"], c["reason"]) for c in status.get("conditions", []))
     return (
-        conds,
+        condition_fingerprint(status),
         tuple(sorted(status.get("capacity", {}).items())),
         tuple(sorted(status.get("allocatable", {}).items())),
         tuple((a["type"], a["address"]) for a in status.get("addresses", [])),
@@ -217,6 +226,7 @@ def node_status(
     now: dt.datetime,
     pressure_error: str = "",
     memory: MemoryCondition | None = None,
+    boot_id: str = "",
 ) -> dict:
     capacity, allocatable = resources(identity, facts)
     return {
@@ -227,7 +237,7 @@ def node_status(
         ),
         "addresses": addresses(identity, facts),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": identity.kubelet_port}},
-        "nodeInfo": node_info(facts),
+        "nodeInfo": node_info(facts, boot_id=boot_id),
     }
 
 

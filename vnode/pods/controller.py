@@ -1,9 +1,11 @@
 """The pod controller: watches the pods bound to this node and gives each a worker.
 
 It lists and watches only `fieldSelector=spec.nodeName=<node>` (all NodeRestriction
-allows), relists on 410 Gone or any broken watch, and hands every event to the pod's
-worker without waiting on it, so a slow model download never stalls the watch. On start
-it adopts the servers an earlier agent left running and stops those whose pod is gone.
+allows), resumes the watch from the last resourceVersion and lists again only on 410 Gone
+(node/watch.py), and hands every event to the pod's worker without waiting on it, so a slow
+model download never stalls the watch. Every copy of a pod it sees goes to the status
+manager too, which writes vnode's status back where the API server's differs. On start it
+adopts the servers an earlier agent left running and stops those whose pod is gone.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from vnode.kubeclient import ApiError
-from vnode.node.client import Backoff, Outage, explain
+from vnode.node.watch import Reflector
 from vnode.pods.worker import PodContext, PodWorker
 from vnode.provider.supervisor import Instance
 
@@ -29,64 +30,54 @@ class PodController:
         self._tasks: dict[str, asyncio.Task] = {}
         self._adopted: dict[str, dict[str, Instance]] = {}
         self.synced = asyncio.Event()
-        self._path = "/api/v1/pods"
-        self._selector = f"spec.nodeName={ctx.node_name}"
+        self.watch: Reflector | None = None  # made by run()
 
     async def run(self) -> None:
         for inst in self.ctx.supervisor.adopt():
             self._adopted.setdefault(inst.pod_uid, {})[inst.container] = inst
         if self._adopted:
             log.info("found %d pod(s) from an earlier agent", len(self._adopted))
-        outage = Outage(log, "watching pods")
-        backoff = Backoff(initial=0.5, cap=30.0)
+        self.watch = Reflector(self.ctx.api, "/api/v1/pods", selector=f"spec.nodeName={self.ctx.node_name}", what="pods",
+                               on_list=self._listed, on_event=self._event)
         try:
-            while True:
-                try:
-                    version = await self._relist()
-                    outage.recovered()
-                    backoff.reset()
-                    await self._watch(version)
-                except ApiError as exc:
-                    if exc.status == 410:
-                        log.debug("pod watch expired; listing again")
-                        continue
-                    delay = backoff.next_delay()
-                    outage.failed(explain(exc, server=self.ctx.api.server), retry_in=delay)
-                    await asyncio.sleep(delay)
-                except Exception as exc:  # noqa: BLE001 - network trouble: list again after a pause
-                    delay = backoff.next_delay()
-                    outage.failed(explain(exc, server=self.ctx.api.server), retry_in=delay)
-                    await asyncio.sleep(delay)
+            await self.watch.run()
         finally:
             # Agent shutdown: workers stop watching, servers keep running for the next agent.
             for task in self._tasks.values():
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    async def _relist(self) -> str:
-        listing = await self.ctx.api.get(self._path, fieldSelector=self._selector)
-        pods = {p["metadata"]["uid"]: p for p in listing.get("items") or []}
-        for uid, pod in pods.items():
+    def resync(self) -> None:
+        """After an outage (the Lease renews again): watch again from the last version, so
+        what others changed meanwhile (the lifecycle controller's Ready=False) arrives now,
+        not when a watch hung on a broken connection times out."""
+        if self.watch is not None:
+            self.watch.restart()
+
+    def watch_failing_for(self) -> float:
+        """Seconds the pod list/watch has been failing (0 while it works): /healthz/syncloop."""
+        return self.watch.failing_for() if self.watch is not None else 0.0
+
+    async def _listed(self, items: list[dict]) -> None:
+        pods = {p["metadata"]["uid"]: p for p in items}
+        for pod in pods.values():
             self.dispatch(pod)
         for uid in list(self.workers):
             if uid not in pods:
                 self.workers[uid].object_deleted()
+        self.ctx.status.retain(set(pods))
         if not self.synced.is_set():
             await self._stop_orphans(set(pods))
             self.synced.set()
-        return listing["metadata"]["resourceVersion"]
 
-    async def _watch(self, version: str) -> None:
-        async for event in self.ctx.api.watch(self._path, fieldSelector=self._selector, resourceVersion=version):
-            kind, pod = event.get("type"), event.get("object") or {}
-            if kind == "BOOKMARK":
-                continue
-            if kind == "DELETED":
-                worker = self.workers.get(pod["metadata"]["uid"])
-                if worker is not None:
-                    worker.object_deleted()
-                continue
-            self.dispatch(pod)
+    def _event(self, kind: str, pod: dict) -> None:
+        if kind == "DELETED":
+            worker = self.workers.get(pod["metadata"]["uid"])
+            if worker is not None:
+                worker.object_deleted()
+            self.ctx.status.forget(pod["metadata"]["uid"])
+            return
+        self.dispatch(pod)
 
     def phase_counts(self) -> dict[str, int]:
         """Pods with a worker by phase, as vnode last reported it (else as the API server
@@ -128,12 +119,14 @@ class PodController:
         worker = self.workers.get(uid)
         if worker is not None:
             worker.update(pod)
+            self.ctx.status.observe(pod)
             return
         phase = (pod.get("status") or {}).get("phase")
         if phase in TERMINAL and not pod["metadata"].get("deletionTimestamp"):
             return  # finished before; nothing runs, nothing to do until it is deleted
         worker = PodWorker(self.ctx, pod, adopted=self._adopted.pop(uid, None), terminal=phase in TERMINAL)
         worker.update(pod)
+        self.ctx.status.observe(pod)
         self.workers[uid] = worker
         task = asyncio.create_task(self._run_worker(worker), name=f"pod {worker.ref}")
         self._tasks[uid] = task
@@ -148,6 +141,7 @@ class PodController:
         finally:
             self.workers.pop(worker.uid, None)
             self._tasks.pop(worker.uid, None)
+            self.ctx.status.forget(worker.uid)  # nothing of a pod without a worker is written
 
     async def _stop_orphans(self, live: set[str]) -> None:
         """Servers an earlier agent started for pods that no longer exist: stop them."""

@@ -1,8 +1,9 @@
-"""Pod status: computed from the containers' state, written by one manager, only on change.
+"""Pod status: computed from the containers' state, written by one manager, kept true.
 
 `pod_status` is pure (phase and conditions by the kubelet's rules); `StatusManager` is
 the single writer of pod status on this node, as in the kubelet: workers hand it the
-status they want, it coalesces, and patches the API server when something changed.
+status they want, it coalesces, and patches the API server when something changed, or
+when the API server's copy no longer says what vnode knows (another writer changed it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from vnode.kubeclient import MERGE, ApiError, KubeClient
-from vnode.node.client import Backoff, explain
+from vnode.node.client import Backoff, Outage, explain
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +146,86 @@ def _comparable(status: dict) -> dict:
     return {**status, "conditions": [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status["conditions"]]}
 
 
+def _ours(wanted: dict) -> set[str]:
+    """The condition types vnode writes: the kubelet's, and DisruptionTarget when vnode
+    evicted the pod. Others' conditions (PodScheduled, readiness gates) are theirs."""
+    kinds = set(OWNED_CONDITIONS)
+    if any(c.get("type") == "DisruptionTarget" and c.get("reason") == "TerminationByKubelet" for c in wanted.get("conditions") or []):
+        kinds.add("DisruptionTarget")
+    return kinds
+
+
+def _by_vnode(status: dict, kinds: set[str]) -> tuple:
+    """What of a status vnode decides, normalised so the API server's copy and vnode's compare
+    (as the kubelet's isPodStatusByKubeletEqual): its conditions' status, reason and message,
+    and the rest of what it writes except times."""
+    conds = {c.get("type"): (c.get("status"), c.get("reason") or "", c.get("message") or "")
+             for c in status.get("conditions") or [] if c.get("type") in kinds}
+    containers = tuple(sorted(
+        (c.get("name"), bool(c.get("ready")), bool(c.get("started")), int(c.get("restartCount") or 0), c.get("containerID") or "",
+         tuple(sorted((k, (v or {}).get("reason") or "", (v or {}).get("exitCode")) for k, v in (c.get("state") or {}).items())))
+        for c in status.get("containerStatuses") or []
+    ))
+    return (status.get("phase"), tuple(sorted(conds.items())), status.get("podIP"), status.get("hostIP"),
+            status.get("reason") or "", status.get("message") or "", containers)
+
+
+def status_differs(seen: dict, wanted: dict) -> bool:
+    """True when the API server's status (`seen`) is not what vnode wants in the fields vnode
+    owns: the node lifecycle controller marked the pod not ready, an admin patched it."""
+    kinds = _ours(wanted)
+    return _by_vnode(seen, kinds) != _by_vnode(wanted, kinds)
+
+
+def merged_for_write(wanted: dict, seen: dict | None, *, now: str) -> dict:
+    """The status to send: vnode's own conditions, everybody else's as the API server has them
+    now (the merge patch replaces the whole list), and a condition another writer flipped
+    after vnode's last transition stamped as a transition now."""
+    if seen is None:
+        return wanted
+    kinds = _ours(wanted)
+    theirs = {c.get("type"): c for c in seen.get("conditions") or []}
+    conditions = []
+    for cond in wanted.get("conditions") or []:
+        if cond.get("type") not in kinds:
+            continue
+        other = theirs.get(cond.get("type"))
+        if other and other.get("status") != cond.get("status") and (other.get("lastTransitionTime") or "") > (cond.get("lastTransitionTime") or ""):
+            cond = {**cond, "lastTransitionTime": now}
+        conditions.append(cond)
+    conditions += [c for t, c in theirs.items() if t not in kinds]
+    return {**wanted, "conditions": conditions}
+
+
+def _newer(version: str | None, than: str | None) -> bool:
+    """resourceVersions are opaque, but etcd's are integers: a copy older than the one a write
+    returned must not count as the API server's view (a watch event still in flight)."""
+    if not than or not version:
+        return True
+    try:
+        return int(version) >= int(than)
+    except ValueError:
+        return True
+
+
 class StatusManager:
-    """The only writer of pod status on this node."""
+    """The only writer of pod status on this node.
+
+    Writes when the wanted status changes, and reconciles as the kubelet's status manager
+    does: whenever the API server's copy of a pod (from the watch, or every
+    RECONCILE_SECONDS) differs from what vnode wants, vnode's is written again."""
+
+    RECONCILE_SECONDS = 10.0
 
     def __init__(self, api: KubeClient) -> None:
         self._api = api
         self._wanted: dict[str, tuple[str, str, dict]] = {}  # uid -> (ns, name, status)
         self._written: dict[str, dict] = {}
+        self._seen: dict[str, tuple[str | None, dict]] = {}  # uid -> (resourceVersion, status) on the API server
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._flushed: dict[str, asyncio.Event] = {}
+        self.reconciled = 0  # writes made because the API server's copy differed, for tests and /metrics
 
     def set(self, pod: dict, status: dict) -> None:
         uid = pod["metadata"]["uid"]
@@ -165,10 +236,51 @@ class StatusManager:
         self._dirty.add(uid)
         self._wake.set()
 
+    def observe(self, pod: dict) -> None:
+        """The API server's copy of a pod (watch event or list): reconciled at once if it differs."""
+        meta = pod.get("metadata") or {}
+        uid = meta.get("uid")
+        if uid is None:
+            return
+        known = self._seen.get(uid)
+        if known is not None and not _newer(meta.get("resourceVersion"), known[0]):
+            return
+        self._seen[uid] = (meta.get("resourceVersion"), pod.get("status") or {})
+        if self._check(uid):
+            self._wake.set()
+
+    def _check(self, uid: str) -> bool:
+        """Mark `uid` dirty if the API server's copy differs from what vnode wants."""
+        if uid in self._dirty or uid not in self._wanted or uid not in self._written or uid not in self._seen:
+            return False
+        ns, name, wanted = self._wanted[uid]
+        if not status_differs(self._seen[uid][1], wanted):
+            return False
+        seen = self._seen[uid][1]
+        ready = next((c.get("status") for c in seen.get("conditions") or [] if c.get("type") == "Ready"), None)
+        log.info("status of pod %s/%s on the API server differs from vnode's (phase %s, Ready=%s); writing it again",
+                 ns, name, seen.get("phase"), ready)
+        self._dirty.add(uid)
+        self.reconciled += 1
+        return True
+
     def forget(self, uid: str) -> None:
         self._wanted.pop(uid, None)
         self._written.pop(uid, None)
+        self._seen.pop(uid, None)
         self._dirty.discard(uid)
+        event = self._flushed.pop(uid, None)
+        if event is not None:
+            event.set()  # nothing is left to write: a waiting flush returns
+
+    def retain(self, uids: set[str]) -> None:
+        """Forget every pod not in `uids` (after a list: the pods bound to this node)."""
+        for uid in {*self._wanted, *self._written, *self._seen, *self._flushed} - uids:
+            self.forget(uid)
+
+    def tracked(self) -> int:
+        """Pods with anything cached, for tests of the pruning."""
+        return len({*self._wanted, *self._written, *self._seen, *self._dirty, *self._flushed})
 
     def last(self, uid: str) -> dict | None:
         return (self._wanted.get(uid) or (None, None, None))[2]
@@ -181,41 +293,59 @@ class StatusManager:
         event.clear()
         self._wake.set()
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
         except TimeoutError:
             log.warning("status of pod %s not written within %.0fs", uid, timeout)
+        finally:
+            if self._flushed.get(uid) is event:
+                del self._flushed[uid]
 
     async def run(self) -> None:
         backoff = Backoff(initial=0.5, cap=10.0)
+        outage = Outage(log, "writing pod status")
         while True:
-            await self._wake.wait()
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                async with asyncio.timeout(self.RECONCILE_SECONDS):
+                    await self._wake.wait()
+            except TimeoutError:
+                for uid in list(self._wanted):  # the periodic sync: catch what no event showed
+                    self._check(uid)
             self._wake.clear()
-            failed = False
+            failed = ""  # one line per problem, not one per pod and attempt
             for uid in list(self._dirty):
                 if uid not in self._wanted:
                     self._dirty.discard(uid)
                     continue
                 ns, name, status = self._wanted[uid]
+                seen = self._seen.get(uid)
+                body = merged_for_write(status, seen[1] if seen else None, now=now_rfc3339())
                 try:
-                    await self._api.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": status}, content_type=MERGE)
+                    written = await self._api.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": body}, content_type=MERGE)
                 except ApiError as exc:
                     if exc.status == 404:
                         self.forget(uid)
                         continue
-                    failed = True
-                    log.warning("writing status of pod %s/%s failed: %s", ns, name, explain(exc, server=self._api.server))
+                    failed = explain(exc, server=self._api.server)
+                    log.debug("writing status of pod %s/%s failed: %s", ns, name, exc)
                     continue
                 except Exception as exc:  # noqa: BLE001 - retried below
-                    failed = True
-                    log.warning("writing status of pod %s/%s failed: %s", ns, name, explain(exc, server=self._api.server))
+                    failed = explain(exc, server=self._api.server)
+                    log.debug("writing status of pod %s/%s failed: %s", ns, name, exc)
                     continue
+                outage.recovered()
                 self._written[uid] = status
+                meta = (written or {}).get("metadata") or {}
+                if uid in self._wanted and meta.get("uid") == uid:
+                    self._seen[uid] = (meta.get("resourceVersion"), written.get("status") or {})
                 if self._wanted.get(uid, (None, None, None))[2] is status:
                     self._dirty.discard(uid)
                     if uid in self._flushed:
                         self._flushed[uid].set()
             if failed:
-                await asyncio.sleep(backoff.next_delay())
+                delay = backoff.next_delay()
+                outage.failed(failed, retry_in=delay)
+                await asyncio.sleep(delay)
                 self._wake.set()
             else:
                 backoff.reset()

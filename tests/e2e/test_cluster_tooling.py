@@ -15,9 +15,8 @@ import psutil
 import pytest
 
 from tests.support.endpoints import EndpointClient
-from vnode.cluster.build import ensure_llama_server
 
-from .conftest import REPO, Agents, node_ready, wait_for
+from .conftest import REPO, namespace, serving_nodes, wait_for
 from .test_pods import apply, deployment, pods
 
 MACS = ("vnode-mac-a", "vnode-mac-b")
@@ -25,23 +24,14 @@ MACS = ("vnode-mac-a", "vnode-mac-b")
 
 @pytest.fixture(scope="module")
 def macs(cluster, hub):
-    agents = Agents(cluster)
-    for name in MACS:
-        agents.start(f"--hf-endpoint={hub}", f"--llama-server={ensure_llama_server()}", name=name, own_host=True)
-    for name in MACS:
-        wait_for(lambda n=name: node_ready(cluster, n), timeout=60, what=f"{name} Ready")
-    yield agents
-    agents.stop_all()
-    for name in MACS:
-        cluster.kubectl("delete", "node", name, check=False)
+    with serving_nodes(cluster, hub, MACS, own_host=True) as agents:
+        yield agents
 
 
 @pytest.fixture
 def ns(cluster, macs, request):
-    name = f"tooling-{request.node.name.split('_')[1]}-{abs(hash(request.node.name)) % 10000}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with namespace(cluster, request, "tooling") as name:
+        yield name
     for mac in MACS:
         cluster.kubectl("uncordon", mac, check=False)
 

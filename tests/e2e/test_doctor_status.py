@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vnode.cluster.build import ensure_llama_server
 
-from .conftest import CORRUPT_FILE, CORRUPT_REPO, FILE, ROOT, Agents, node_ready, wait_for
+from .conftest import CORRUPT_REPO, FILE, ROOT, serving_nodes, wait_for
 from .test_pods import apply, deployment, one_pod, pods, waiting_reason
 
 NODE = "vnode-e2e-status"
@@ -30,14 +29,10 @@ class Mac:
 
 @pytest.fixture(scope="module")
 def mac(cluster, hub):
-    agents = Agents(cluster)
-    proc = agents.start(f"--hf-endpoint={hub}", f"--llama-server={ensure_llama_server()}", "--node-status-update-seconds=1",
-                        "--log-format=json", name=NODE)
-    wait_for(lambda: node_ready(cluster, NODE), timeout=60, what=f"{NODE} Ready")
-    # The flags the agent runs with, as the owner would give them to doctor and status.
-    yield Mac(flags=proc.cmd[proc.cmd.index("run") + 1:], log=Path(proc.log))
-    agents.stop_all()
-    cluster.kubectl("delete", "node", NODE, check=False)
+    with serving_nodes(cluster, hub, [NODE], "--node-status-update-seconds=1", "--log-format=json") as agents:
+        proc = agents.started[0]
+        # The flags the agent runs with, as the owner would give them to doctor and status.
+        yield Mac(flags=proc.cmd[proc.cmd.index("run") + 1:], log=Path(proc.log))
 
 
 def vnode(cluster, *argv: str) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from vnode.cluster.local import free_port
 from vnode.cluster.processes import start as start_process
 from vnode.cluster.processes import stop
 
-from .conftest import FILE, REPO, ROOT, Agents, condition, node_json, node_ready, wait_for
+from .conftest import FILE, REPO, ROOT, Agents, condition, namespace, node_json, node_ready, wait_for
 from .test_pods import apply, deployment, pod_ready, pods, waiting_reason
 
 THROTTLE = 20_000_000  # bytes/s: the 253 MB model takes ~13 s
@@ -48,10 +48,8 @@ def slow_hub(cluster, gemma):
 
 @pytest.fixture
 def ns(cluster, request):
-    name = f"dl-{request.node.name[5:25].replace('_', '-').strip('-')}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with namespace(cluster, request, "dl") as name:
+        yield name
 
 
 def downloading(cluster, ns: str, app: str, at_least: int) -> bool:

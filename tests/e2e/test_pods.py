@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 import urllib.request
@@ -19,31 +18,22 @@ import psutil
 import pytest
 import yaml
 
-from vnode.cluster.build import ensure_llama_server
 
-from .conftest import CORRUPT_REPO, GATED_REPO, GATED_TOKEN, REPO, Agents, node_ready, wait_for
+from .conftest import CORRUPT_REPO, GATED_REPO, GATED_TOKEN, REPO, namespace, node_ready, serving_nodes, wait_for
 
 NODE = "vnode-e2e-pods"
 
 
 @pytest.fixture(scope="module")
 def mac(cluster, hub):
-    agents = Agents(cluster)
-    agents.args = [f"--hf-endpoint={hub}", f"--llama-server={ensure_llama_server()}"]
-    agents.start(*agents.args, name=NODE)
-    wait_for(lambda: node_ready(cluster, NODE), timeout=60, what=f"{NODE} Ready")
-    yield agents
-    agents.stop_all()
-    cluster.kubectl("delete", "node", NODE, check=False)
+    with serving_nodes(cluster, hub, [NODE]) as agents:
+        yield agents
 
 
 @pytest.fixture
 def ns(cluster, mac, request):
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())
-    name = f"t-{slug[:40].strip('-')}-{abs(hash(request.node.name)) % 10000}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with namespace(cluster, request, "t") as name:
+        yield name
 
 
 def deployment(name: str, *, port: int, args: list[str] | None = None, image: str = "ghcr.io/ggml-org/llama.cpp:server",

@@ -17,9 +17,8 @@ import urllib.request
 import psutil
 import pytest
 
-from vnode.cluster.build import ensure_llama_server
 
-from .conftest import REPO, Agents, node_ready, wait_for
+from .conftest import REPO, namespace, serving_nodes, wait_for
 from .test_pods import apply, one_pod
 
 NODE = "vnode-e2e-supervision"
@@ -27,21 +26,14 @@ NODE = "vnode-e2e-supervision"
 
 @pytest.fixture(scope="module")
 def mac(cluster, hub):
-    agents = Agents(cluster)
-    agents.args = [f"--hf-endpoint={hub}", f"--llama-server={ensure_llama_server()}"]
-    agents.start(*agents.args, name=NODE)
-    wait_for(lambda: node_ready(cluster, NODE), timeout=60, what=f"{NODE} Ready")
-    yield agents
-    agents.stop_all()
-    cluster.kubectl("delete", "node", NODE, check=False)
+    with serving_nodes(cluster, hub, [NODE]) as agents:
+        yield agents
 
 
 @pytest.fixture
 def ns(cluster, mac, request):
-    name = f"t-sup-{request.node.name.split('_', 2)[-1][:30].strip('_').replace('_', '-')}-{abs(hash(request.node.name)) % 1000}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with namespace(cluster, request, "t-sup") as name:
+        yield name
 
 
 def pod(name: str, *, port: int, liveness: bool = False) -> dict:

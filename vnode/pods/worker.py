@@ -167,9 +167,10 @@ class PodWorker:
                                 grace=self._grace(spec))
                 return
             self.updated.clear()
-            try:
-                await asyncio.wait_for(self.updated.wait(), left)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that meets a set()
+                async with asyncio.timeout(left):
+                    await self.updated.wait()
+            except TimeoutError:
                 pass
 
     # -- the pod's life ------------------------------------------------------------------

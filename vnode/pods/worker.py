@@ -72,7 +72,17 @@ class PodContext:
 
 def _estimate_params(launch: LaunchSpec) -> dict:
     return {"ctx_size": launch.ctx_size, "parallel": launch.parallel, "cache_type_k": launch.cache_type_k,
-            "cache_type_v": launch.cache_type_v, "kv_unified": launch.kv_unified}
+            "cache_type_v": launch.cache_type_v, "kv_unified": launch.kv_unified, "flash_attn": launch.flash_attn,
+            "swa_full": launch.swa_full, **({"n_ubatch": launch.n_ubatch} if launch.n_ubatch else {})}
+
+
+def _held(launch: LaunchSpec, estimate_bytes: int) -> int:
+    """What the budget holds for the server: its estimate and a prompt cache sized by --cache-ram."""
+    return estimate_bytes + (launch.cache_ram_mib or 0) * 1024 * 1024
+
+
+def _cache_ram(launch: LaunchSpec) -> str:
+    return f" + prompt cache {launch.cache_ram_mib} MiB (--cache-ram)" if launch.cache_ram_mib else ""
 
 
 class ContainerFailed(Exception):
@@ -335,7 +345,8 @@ class ContainerRunner:
                 estimate = await estimate_in_subprocess(model_path, **_estimate_params(launch))
             except EstimateError as exc:
                 raise ContainerFailed(exc.reason, exc.message) from None
-            self.ctx.budget.reserve((w.uid, c.name), estimate.total_bytes, what=f"container {c.name} ({estimate.describe()})")
+            self.ctx.budget.reserve((w.uid, c.name), _held(launch, estimate.total_bytes),
+                                    what=f"container {c.name} ({estimate.describe()}{_cache_ram(launch)})")
         return launch, model_path
 
     async def _admit_from_header(self, launch: LaunchSpec) -> None:
@@ -353,9 +364,9 @@ class ContainerRunner:
             return  # the download and the estimate of the whole file say what is wrong
         finally:
             await asyncio.to_thread(head.unlink, missing_ok=True)
-        self.ctx.budget.reserve((self.w.uid, self.c.name), estimate.total_bytes,
-                                what=f"container {self.c.name} ({estimate.describe()}; estimated from the model's header, "
-                                     "before downloading it)")
+        self.ctx.budget.reserve((self.w.uid, self.c.name), _held(launch, estimate.total_bytes),
+                                what=f"container {self.c.name} ({estimate.describe()}{_cache_ram(launch)}; estimated from the "
+                                     "model's header, before downloading it)")
 
     async def _model(self, launch: LaunchSpec) -> Path | None:
         if launch.model is None:

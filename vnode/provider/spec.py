@@ -130,4 +130,11 @@ class LaunchSpec(BaseModel):
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
     kv_unified: bool = False
+    n_ubatch: int | None = None  # -ub: the compute buffers (None: llama-server's 512)
+    flash_attn: bool = True  # -fa off: attention needs its full score matrix
+    swa_full: bool = False  # --swa-full: the sliding-window layers keep a full-size KV cache
+    # --cache-ram when set to a size: the prompt cache may grow to it, so it is held for the
+    # pod. Its default (8 GiB in recent builds) and -1 (no limit) are not counted: the cache
+    # grows only with use, and counting the default would refuse every pod on a small Mac.
+    cache_ram_mib: int | None = None
     hf_token: str | None = Field(default=None, repr=False)

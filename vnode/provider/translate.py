@@ -263,10 +263,10 @@ FLAGS: tuple[FlagSpec, ...] = (
     _f("--ctx-size", "-c", value=_int(0), env="LLAMA_ARG_CTX_SIZE", role="ctx_size"),
     _f("--n-predict", "--predict", "-n", value=_int(-2), env="LLAMA_ARG_N_PREDICT"),
     _f("--batch-size", "-b", value=_int(1), env="LLAMA_ARG_BATCH"),
-    _f("--ubatch-size", "-ub", value=_int(1), env="LLAMA_ARG_UBATCH"),
+    _f("--ubatch-size", "-ub", value=_int(1), env="LLAMA_ARG_UBATCH", role="n_ubatch"),
     _f("--keep", value=_int(-1)),
-    _f("--swa-full", env="LLAMA_ARG_SWA_FULL"),
-    _f("--flash-attn", "-fa", value=_choice(*_ON_OFF_AUTO), env="LLAMA_ARG_FLASH_ATTN"),
+    _f("--swa-full", env="LLAMA_ARG_SWA_FULL", role="swa_full"),
+    _f("--flash-attn", "-fa", value=_choice(*_ON_OFF_AUTO), env="LLAMA_ARG_FLASH_ATTN", role="flash_attn"),
     _f("--perf", neg=("--no-perf",), env="LLAMA_ARG_PERF"),
     _f("--escape", "-e", neg=("--no-escape",)),
     _f("--rope-scaling", value=_choice("none", "linear", "yarn"), env="LLAMA_ARG_ROPE_SCALING_TYPE"),
@@ -408,7 +408,7 @@ FLAGS: tuple[FlagSpec, ...] = (
     _f("--kv-unified-per-slot", value=_int(1), env="LLAMA_ARG_KV_UNIFIED_PER_SLOT", role="kv_unified_per_slot"),
     _f("--ctx-checkpoints", "-ctxcp", "--swa-checkpoints", value=_int(0), env="LLAMA_ARG_CTX_CHECKPOINTS"),
     _f("--checkpoint-min-step", "-cms", value=_int(0), env="LLAMA_ARG_CHECKPOINT_MIN_SPACING_NT"),
-    _f("--cache-ram", "-cram", value=_int(-1), env="LLAMA_ARG_CACHE_RAM"),
+    _f("--cache-ram", "-cram", value=_int(-1), env="LLAMA_ARG_CACHE_RAM", role="cache_ram"),
     _f("--kv-unified", "-kvu", neg=("--no-kv-unified", "-no-kvu"), env="LLAMA_ARG_KV_UNIFIED"),
     _f("--cache-idle-slots", neg=("--no-cache-idle-slots",), env="LLAMA_ARG_CACHE_IDLE_SLOTS"),
     _f("--context-shift", neg=("--no-context-shift",), env="LLAMA_ARG_CONTEXT_SHIFT"),
@@ -970,6 +970,11 @@ def translate(
         ctx_size = parallel * per_slot  # "without -c, the shared KV pool is sized to n_parallel*N"
     if ctx_size == 0:
         ctx_size = None  # 0 = the model's training context
+    n_ubatch = _num("n_ubatch")
+    fa = by_role.get("flash_attn")
+    flash_attn = fa is None or (fa.value or "auto") not in _FALSEY  # auto counts as on (Metal has it)
+    swa_full = "swa_full" in by_role and by_role["swa_full"].positive
+    cache_ram = _num("cache_ram")
     cache_k = by_role["cache_type_k"].value if "cache_type_k" in by_role else "f16"
     cache_v = by_role["cache_type_v"].value if "cache_type_v" in by_role else "f16"
 
@@ -1018,5 +1023,9 @@ def translate(
         cache_type_k=cache_k or "f16",
         cache_type_v=cache_v or "f16",
         kv_unified=kv_unified,
+        n_ubatch=n_ubatch,
+        flash_attn=flash_attn,
+        swa_full=swa_full,
+        cache_ram_mib=cache_ram if cache_ram and cache_ram > 0 else None,
         hf_token=hf_token,
     )

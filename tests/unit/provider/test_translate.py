@@ -573,3 +573,16 @@ def test_flag_table_matches_llama_server_help():
             if name not in in_help:
                 problems.append(f"{name}: in the table but not in --help")
     assert not problems, "\n".join(problems)
+
+
+def test_flags_that_change_memory_reach_the_estimate(dirs):
+    """-ub, -fa, --swa-full and a sized --cache-ram are carried into the LaunchSpec, where the
+    estimate and the budget read them; llama-server's defaults otherwise."""
+    plain = run(dirs, args=["-hf", "ggml-org/gemma-3-270m-GGUF"])
+    assert (plain.n_ubatch, plain.flash_attn, plain.swa_full, plain.cache_ram_mib) == (None, True, False, None)
+    tuned = run(dirs, args=["-hf", "ggml-org/gemma-3-270m-GGUF", "-ub", "2048", "-fa", "off", "--swa-full",
+                            "--cache-ram", "1024"])
+    assert (tuned.n_ubatch, tuned.flash_attn, tuned.swa_full, tuned.cache_ram_mib) == (2048, False, True, 1024)
+    for unbounded in ("-1", "0"):
+        assert run(dirs, args=["-hf", "ggml-org/gemma-3-270m-GGUF", "--cache-ram", unbounded]).cache_ram_mib is None
+    assert run(dirs, args=["-hf", "ggml-org/gemma-3-270m-GGUF"], env={"LLAMA_ARG_FLASH_ATTN": "false"}).flash_attn is False

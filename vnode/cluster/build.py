@@ -391,3 +391,122 @@ def ensure_control_plane(*, root: Path | None = None) -> Binaries:
         etcd=etcd / "etcd",
         metrics_server=metrics / "metrics-server",
     )
+
+
+# -- upstream test suites (issue 12) ------------------------------------------------------
+# Built like the components above (wrapper module, CGO_ENABLED=0, -trimpath, the shared Go
+# build cache) but with `go test -c`: a suite is a test binary. The cache key adds a digest
+# of the wrapper module's files, so editing the driver or a pin rebuilds.
+
+VIRTUAL_KUBELET_VERSION = "v1.13.0"  # the release whose go.mod pins k8s.io v0.35.4, as the control plane
+
+
+@dataclass(frozen=True)
+class GoTestSuite:
+    name: str        # cache directory prefix and the binary's file name
+    version: str
+    gomod: str       # wrapper module under gomod/: go.mod, go.sum and any *.go driver
+    package: str     # the package whose test binary is built ("." for the driver itself)
+    smoke: tuple[str, ...]  # arguments of a run that must succeed and print `smoke_expect`
+    smoke_expect: str
+    version_vars: tuple[str, ...] = ()
+
+    def ldflags(self) -> str:
+        return GoComponent(self.name, self.version, self.gomod, (), version_vars=self.version_vars).ldflags()
+
+
+KUBERNETES_E2E = GoTestSuite(
+    name="e2e.test",
+    version=KUBERNETES_VERSION,
+    gomod="e2e",
+    package="k8s.io/kubernetes/test/e2e",
+    smoke=("--list-tests",),
+    smoke_expect="[sig-node] NodeLease",
+    version_vars=("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"),
+)
+VIRTUAL_KUBELET_E2E = GoTestSuite(
+    name="vk-e2e.test",
+    version=VIRTUAL_KUBELET_VERSION,
+    gomod="vk-e2e",
+    package=".",
+    smoke=("-test.list", ".*"),
+    smoke_expect="TestEndToEnd",
+)
+
+
+def _gomod_files(gomod: str) -> dict[str, bytes]:
+    src = resources.files("vnode.cluster") / "gomod" / gomod
+    return {entry.name: entry.read_bytes() for entry in sorted(src.iterdir(), key=lambda e: e.name)
+            if entry.is_file() and (entry.name in ("go.mod", "go.sum") or entry.name.endswith(".go"))}
+
+
+def go_test_suite_dir(suite: GoTestSuite, root: Path | None = None) -> Path:
+    digest = hashlib.sha256()
+    for name, data in _gomod_files(suite.gomod).items():
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    return (root or cache_dir()) / "bin" / f"{suite.name}-{suite.version}-{digest.hexdigest()[:10]}"
+
+
+def cached_go_test_suite(suite: GoTestSuite, root: Path | None = None) -> Path | None:
+    target = go_test_suite_dir(suite, root)
+    return target / suite.name if _finished(target) else None
+
+
+def ensure_go_test_suite(suite: GoTestSuite, *, root: Path | None = None) -> Path:
+    """The suite's test binary, built from its wrapper module with `go test -c` if not cached,
+    and cached only after a smoke run (listing its tests) succeeds."""
+    root = root or cache_dir()
+    target = go_test_suite_dir(suite, root)
+    binary = target / suite.name
+    if _finished(target):
+        return binary
+    if shutil.which("go") is None:
+        raise BuildError(f"building {suite.name} needs Go (1.25 or newer) on PATH")
+    with _locked(root / "locks" / f"{suite.name}.lock"):
+        if _finished(target):
+            return binary
+        started = time.monotonic()
+        _say(f"building {suite.name} {suite.version} from Go modules (once; cached in {target})")
+        work = Path(tempfile.mkdtemp(prefix=f"build-{suite.name}-", dir=root))
+        try:
+            for name, data in _gomod_files(suite.gomod).items():
+                (work / name).write_bytes(data)
+            out = work / "out"
+            out.mkdir()
+            env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly")
+            log = root / "logs" / f"build-{suite.name}-{suite.version}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            # `go test -c` names no package as it compiles, so the suite's dependencies are
+            # compiled first by `go build -v` (a progress line per package, same flags, so
+            # the cache entries are the ones `go test -c` then uses), and it only links.
+            listed = subprocess.run(
+                ["go", "list", "-deps", "-test", "-f", "{{if and (not .Standard) (not .ForTest) (ne .Name \"main\")}}{{.ImportPath}}{{end}}",
+                 suite.package], cwd=work, env=env, capture_output=True, text=True)
+            if listed.returncode != 0:
+                raise BuildError(f"`go list -deps -test {suite.package}` failed: {listed.stderr.strip()[-2000:]}")
+            deps = [line for line in listed.stdout.split() if line and not line.startswith("vnode.local/")]
+            if deps:
+                _run(["go", "build", "-v", "-trimpath", *deps], cwd=work, env=env, log=log, what=f"go build {suite.name} dependencies")
+            _run(["go", "test", "-c", "-trimpath", "-ldflags", suite.ldflags(), "-o", str(out / suite.name), suite.package],
+                 cwd=work, env=env, log=log, what=f"go test -c {suite.name}")
+            _smoke_suite(out / suite.name, suite, log=log)
+            _publish(out, target, stamp=suite.version)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        _say(f"built {suite.name} in {time.monotonic() - started:.0f}s")
+    return binary
+
+
+def _smoke_suite(binary: Path, suite: GoTestSuite, *, log: Path) -> None:
+    done = subprocess.run([str(binary), *suite.smoke], capture_output=True, text=True, timeout=120)
+    with open(log, "a") as out:
+        out.write(f"\n--- smoke run: {binary.name} {' '.join(suite.smoke)} (exit {done.returncode}) ---\n{done.stdout[-2000:]}{done.stderr[-2000:]}\n")
+    if done.returncode != 0 or suite.smoke_expect not in done.stdout + done.stderr:
+        raise BuildError(f"the built {suite.name} failed its smoke run (`{' '.join(suite.smoke)}`, exit {done.returncode}), "
+                         f"so it was not cached; see {log}")
+    _say(f"smoke run passed: {suite.name} {' '.join(suite.smoke)}")
+
+
+def ensure_conformance_suites(*, root: Path | None = None) -> tuple[Path, Path]:
+    """(e2e.test, the virtual-kubelet suite driver), built and cached as needed."""
+    return ensure_go_test_suite(KUBERNETES_E2E, root=root), ensure_go_test_suite(VIRTUAL_KUBELET_E2E, root=root)

@@ -32,6 +32,7 @@ demo: binaries
 
 # pytest exits 5 when it collected no test: that must fail, not pass silently.
 test: binaries system-deps
+	$(PY) -m vnode cluster build --suites
 	$(PY) -m pytest -ra tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 

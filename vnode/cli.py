@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=DEFAULT_CLUSTER_DIR, help="cluster directory")
     cluster = sub.add_parser("cluster", help="a local control plane built from source (no Docker)")
     csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
-    csub.add_parser("build", help="build (or find cached) control-plane binaries and llama-server; print where they are")
+    build = csub.add_parser("build", help="build (or find cached) control-plane binaries and llama-server; print where they are")
+    build.add_argument("--suites", action="store_true",
+                       help="also the upstream test suites (e2e.test, virtual-kubelet's), which `make test` runs")
     for action, text in (("up", "start it in the background"), ("down", "stop it"), ("status", "show it")):
         p = csub.add_parser(action, help=text)
         p.add_argument("--dir", type=Path, default=DEFAULT_CLUSTER_DIR, help="cluster directory")
@@ -342,12 +344,19 @@ def _cluster(args: argparse.Namespace) -> int:
         try:
             bins = ensure_control_plane()
             llama = ensure_llama_server()
+            if args.suites:
+                from vnode.cluster.build import ensure_conformance_suites
+
+                e2e, vk = ensure_conformance_suites()
         except BuildError as exc:
             print(f"vnode cluster build: {exc}", file=sys.stderr)
             return 1
         for name, path in vars(bins).items():
             print(f"{name}: {path}")
         print(f"llama_server: {llama}")
+        if args.suites:
+            print(f"e2e_test: {e2e}")
+            print(f"vk_e2e_test: {vk}")
         return 0
     if args.cluster_command == "status":
         state = ClusterState.load(args.dir.resolve())

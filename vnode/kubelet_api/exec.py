@@ -260,6 +260,9 @@ async def _run(command: list[str], *, cwd: str, env: dict[str, str], channels: C
             for t in (*tasks, out, exited):
                 t.cancel()
             await asyncio.gather(*tasks, out, exited, return_exceptions=True)
+            if proc.returncode is None:  # the session ended first (cancelled, or an error)
+                kill(proc, group=True)
+                await _reap(proc)
             os.close(master)
     else:
         try:
@@ -296,6 +299,7 @@ async def _run(command: list[str], *, cwd: str, env: dict[str, str], channels: C
             code = await _wait_or_kill(proc)
         except BaseException:  # cancelled, or the client is gone: the command would block on its pipe
             kill(proc, group=True)
+            await _reap(proc)
             raise
         finally:
             for task in (feeder, watcher):
@@ -325,7 +329,14 @@ async def _wait_or_kill(proc: asyncio.subprocess.Process) -> int:
         return await proc.wait()
     except asyncio.CancelledError:
         kill(proc, group=True)
+        await _reap(proc)
         raise
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Wait (briefly) for a killed command, so no zombie or transport outlives the session."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), 2.0)
 
 
 async def _read_fd(fd: int) -> bytes:

@@ -14,11 +14,20 @@ counted, then in one run:
      to 1 s of probe period). Overhead = that minus the baseline median. Each Pod is deleted
      and gone before the next. A breakdown (bound, shim and server fork times from /proc,
      Ready) says where the time goes;
-  2. decode: POST /v1/completions (128 tokens, temperature 0, cache_prompt false) to a Pod
-     and to a hand-started server, alternating, never both at once, --runs each;
-     timings.predicted_per_second as llama-server reports it;
+  2. decode: POST /v1/completions (128 tokens, temperature 0, cache_prompt false) to a Pod's
+     server and to a hand-started one, both up, in pairs: one completion each back to back,
+     never both at once, the order alternating; fresh servers every --decode-restart-every
+     pairs (one uncounted warm-up completion each). Per pair the ratio vnode/by-hand of
+     timings.predicted_per_second as llama-server reports it, and of the server's CPU seconds
+     (/proc, user+system) per generated token; the geometric mean of the ratios with a 95 %
+     t-interval on the log-ratios (bench/stats.py), over all pairs and over the quiet ones
+     (other processes used <= 0.15 core during both of its samples). Stops once
+     --decode-min-runs quiet pairs give an interval narrower than --decode-ci-width (2 %),
+     or after --decode-runs pairs, and says so plainly when the machine was too noisy. The
+     two servers' command lines, environment, nice, affinity, scheduler, cgroup and limits
+     are compared;
   3. memory: vnode's estimate (the `<model>.estimate.json` sidecar it wrote) against the
-     peak RSS (VmHWM) of each decode Pod's server after its completion request.
+     peak RSS (VmHWM) of each decode Pod's server after its completion requests.
 The machine may be shared: before each sample it waits (--wait-quiet) for other processes
 to calm down, marks samples taken under other load, and also reports quiet samples alone.
 Prints min/median/p99 next to the targets with a ratio to each target, and writes JSON to
@@ -50,6 +59,7 @@ from kubernetes import watch as k8s_watch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.stats import paired_ratio_bootstrap, paired_ratio_ci, quiet_pairs, settled  # noqa: E402
 from vnode.cluster.build import ensure_llama_server  # noqa: E402
 from vnode.cluster.local import LocalCluster, free_port  # noqa: E402
 from vnode.cluster.processes import Proc  # noqa: E402
@@ -70,6 +80,7 @@ PROMPT = {"prompt": "The capital of France is", "max_tokens": 128, "temperature"
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"overhead_p50_ms": 300.0, "overhead_p99_ms": 1000.0, "decode_ratio": 0.99, "memory_rel_error": 0.10}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PERF_ENV_PREFIXES = ("LLAMA_", "GGML_", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "LD_", "MALLOC_", "GLIBC_", "PATH", "LANG", "LC_", "TMPDIR", "TZ")
 FOREIGN_LIMIT = 0.15  # cores used by other processes during a sample above which it is marked contended
 
 
@@ -116,7 +127,87 @@ def measured_completion(host: str, port: int, pids: dict[str, int]) -> dict:
     out = complete(host, port)
     after = cpu_seconds(pids)
     out["cpu_s"] = {k: round(after[k] - before[k], 3) for k in after if k in before}
+    # The server's own CPU time over the tokens it generated (prompt evaluation included, the
+    # same on both sides): work done, which other load on the machine changes far less than speed.
+    server = after.get("llama-server", 0.0) - before.get("llama-server", 0.0) if "llama-server" in before else None
+    tokens = out.get("predicted_n") or out["completion_tokens"]
+    out["server_cpu_s_per_token"] = server / tokens if server is not None and tokens else None
     return out
+
+
+def process_profile(pid: int) -> dict:
+    """What the kernel runs a server with: the things that could make one copy slower than another."""
+    p = psutil.Process(pid)
+    out: dict = {"pid": pid}
+    with p.oneshot():
+        out["cmdline"] = p.cmdline()
+        out["nice"] = p.nice()
+        out["cpu_affinity"] = p.cpu_affinity()
+        out["num_threads"] = p.num_threads()
+        try:
+            out["ionice"] = str(p.ionice())
+        except (psutil.Error, AttributeError):
+            pass
+    try:
+        env = p.environ()
+    except psutil.Error:
+        env = {}
+    # Names only, and values only of variables that can steer the server's speed (no secrets in results).
+    out["environ_keys"] = sorted(env)
+    out["environ"] = {k: v for k, v in env.items() if k.startswith(PERF_ENV_PREFIXES)}
+    try:
+        out["sched_policy"] = os.sched_getscheduler(pid)
+    except OSError:
+        pass
+    for key, path in (("cgroup", "cgroup"), ("net_ns", "ns/net"), ("oom_score_adj", "oom_score_adj")):
+        try:
+            f = Path(f"/proc/{pid}/{path}")
+            out[key] = os.readlink(f) if f.is_symlink() else f.read_text().strip()
+        except OSError:
+            pass
+    try:
+        out["limits"] = {line[:26].strip(): line[26:].split()[:2] for line in Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]}
+    except OSError:
+        pass
+    try:
+        status = {k: v.strip() for k, v in (ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in ln)}
+        out["cpus_allowed_list"] = status.get("Cpus_allowed_list")
+        out["mems_allowed_list"] = status.get("Mems_allowed_list")
+    except OSError:
+        pass
+    return out
+
+
+def profile_differences(pod: dict, hand: dict) -> dict:
+    """Where the pod's server and the hand-started one differ (argument order, port and the
+    by-hand `ip netns exec` prefix aside)."""
+    def args(cmd: list[str]) -> list[str]:
+        cmd = cmd[next((i for i, a in enumerate(cmd) if a.endswith("llama-server")), 0) + 1:]
+        out, i = [], 0
+        while i < len(cmd):
+            if cmd[i] == "--port":
+                i += 2
+                continue
+            out.append({"-c": "--ctx-size", "-m": "--model"}.get(cmd[i], cmd[i]))
+            i += 1
+        return out
+
+    diffs: dict = {}
+    a, b = args(pod.get("cmdline", [])), args(hand.get("cmdline", []))
+    if sorted(a) != sorted(b):
+        diffs["args"] = {"pod_only": [x for x in a if x not in b], "by_hand_only": [x for x in b if x not in a]}
+    for key in ("nice", "cpu_affinity", "num_threads", "ionice", "sched_policy", "cgroup", "net_ns", "oom_score_adj",
+                "limits", "cpus_allowed_list", "mems_allowed_list"):
+        if pod.get(key) != hand.get(key):
+            diffs[key] = {"pod": pod.get(key), "by_hand": hand.get(key)}
+    pe, he = pod.get("environ") or {}, hand.get("environ") or {}
+    env = {k: {"pod": pe.get(k), "by_hand": he.get(k)} for k in sorted(set(pe) | set(he)) if pe.get(k) != he.get(k)}
+    if env:
+        diffs["environ"] = env
+    pk, hk = set(pod.get("environ_keys") or []), set(hand.get("environ_keys") or [])
+    if pk != hk:
+        diffs["environ_names"] = {"pod_only": sorted(pk - hk), "by_hand_only": sorted(hk - pk)}
+    return diffs
 
 
 def cpu_model() -> str:
@@ -193,7 +284,8 @@ def complete(host: str, port: int) -> dict:
         tps, source = float(timings["predicted_per_second"]), "timings.predicted_per_second"
     else:  # an older/newer build without timings: tokens over wall time (includes prompt eval)
         tps, source = tokens / wall, "usage.completion_tokens / wall time"
-    return {"tokens_per_s": tps, "source": source, "completion_tokens": tokens, "wall_s": wall}
+    return {"tokens_per_s": tps, "source": source, "completion_tokens": tokens, "wall_s": wall,
+            "predicted_n": timings.get("predicted_n"), "predicted_ms": timings.get("predicted_ms"), "prompt_ms": timings.get("prompt_ms")}
 
 
 def server_pid(host: str, port: int) -> int | None:
@@ -291,49 +383,59 @@ class PodWatch(threading.Thread):
             raise RuntimeError(f"watching pod {self.name} failed: {self.error!r}")
 
 
-def run_pod(core: k8s.CoreV1Api, name: str, port: int, host: str, *, decode: bool = False, timeout: float = 240,
-            watched: dict[str, int] | None = None) -> dict:
-    """Create one pod, time it to /health and Ready, optionally measure decode and VmHWM, delete it."""
+def pod_up(core: k8s.CoreV1Api, name: str, port: int, host: str, *, timeout: float = 240) -> tuple[PodWatch, dict]:
+    """Create one pod and time it to /health and Ready; the caller deletes it (pod_down)."""
     watcher = PodWatch(core, name)
     watcher.start()
     t0 = now()
     core.create_namespaced_pod(NAMESPACE, pod_manifest(name, port))
     t_posted = now()
+    out: dict = {"name": name, "port": port, "_t0": t0}
     try:
         t_health = wait_health(host, port, timeout=timeout)
         watcher.wait(watcher.ready, "Ready", timeout)
-        pid = server_pid(host, port)
-        shim = psutil.Process(pid).ppid() if pid else None
-        out = {
-            "name": name, "port": port, "health_s": t_health - t0, "ready_s": watcher.seen["ready"] - t0, "post_s": t_posted - t0,
-            "server_pid": pid,
-            "milestones_s": {k: v - t0 for k, v in sorted(watcher.seen.items(), key=lambda kv: kv[1])},
-            "reasons": [(round(t - t0, 3), r) for t, r in watcher.reasons],
-        }
-        if shim:
-            out["milestones_s"]["shim_start"] = proc_start(shim) - t0
-        if pid:
-            out["milestones_s"]["server_start"] = proc_start(pid) - t0
-            cmd = psutil.Process(pid).cmdline()
-            out["model"] = cmd[cmd.index("--model") + 1] if "--model" in cmd else None
-        if decode:
-            pids = {**(watched or {}), **({"llama-server": pid} if pid else {}), **({"shim": shim} if shim else {})}
-            out["decode"] = measured_completion(host, port, pids)
-            out["vm_hwm_bytes"] = vm_hwm(pid) if pid else None
-    finally:
-        t_del = now()
-        try:
-            core.delete_namespaced_pod(name, NAMESPACE)
-        except k8s.ApiException as exc:
-            if exc.status != 404:
-                raise
-        watcher.wait(watcher.deleted, "deleted", 120)
-        t_gone = now()
-    out["delete_s"] = t_gone - t_del
+    except BaseException:
+        pod_down(core, watcher, out)
+        raise
+    pid = server_pid(host, port)
+    shim = psutil.Process(pid).ppid() if pid else None
+    out.update({
+        "health_s": t_health - t0, "ready_s": watcher.seen["ready"] - t0, "post_s": t_posted - t0,
+        "server_pid": pid, "shim_pid": shim,
+        "milestones_s": {k: v - t0 for k, v in sorted(watcher.seen.items(), key=lambda kv: kv[1])},
+        "reasons": [(round(t - t0, 3), r) for t, r in watcher.reasons],
+    })
+    if shim:
+        out["milestones_s"]["shim_start"] = proc_start(shim) - t0
+    if pid:
+        out["milestones_s"]["server_start"] = proc_start(pid) - t0
+        cmd = psutil.Process(pid).cmdline()
+        out["model"] = cmd[cmd.index("--model") + 1] if "--model" in cmd else None
+    return watcher, out
+
+
+def pod_down(core: k8s.CoreV1Api, watcher: PodWatch, out: dict) -> None:
+    """Delete the pod and wait until it and its server are gone; notes delete_s in `out`."""
+    t_del = now()
+    try:
+        core.delete_namespaced_pod(watcher.name, NAMESPACE)
+    except k8s.ApiException as exc:
+        if exc.status != 404:
+            raise
+    watcher.wait(watcher.deleted, "deleted", 120)
+    out["delete_s"] = now() - t_del
+    out.pop("_t0", None)
     # The agent deletes the Pod object only after the server exited; make sure of the port too.
+    pid = out.get("server_pid")
     deadline = now() + 30
     while (pid and psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE) and now() < deadline:
         time.sleep(0.05)
+
+
+def run_pod(core: k8s.CoreV1Api, name: str, port: int, host: str, *, timeout: float = 240) -> dict:
+    """Create one pod, time it to /health and Ready, delete it."""
+    watcher, out = pod_up(core, name, port, host, timeout=timeout)
+    pod_down(core, watcher, out)
     return out
 
 
@@ -348,7 +450,8 @@ class ByHand:
         self.cluster, self.binary, self.model = cluster, binary, model
         self.running: list[Proc] = []
 
-    def run(self, port: int, *, decode: bool = False, timeout: float = 120, watched: dict[str, int] | None = None) -> dict:
+    def up(self, port: int, *, timeout: float = 120) -> tuple[Proc, dict]:
+        """Start one server and time it to /health 200; the caller stops it."""
         state = self.cluster.state
         host = state.host.ns_ip
         cmd = [*state.host.exec_prefix(), str(self.binary), "--host", host, "--port", str(port), "-c", str(CTX), "--model", str(self.model)]
@@ -359,13 +462,15 @@ class ByHand:
         state.save()
         try:
             t_health = wait_health(host, port, timeout=timeout, alive=proc.alive)
-            out = {"port": port, "health_s": t_health - t0, "server_start_s": (proc_start(proc.pid) or t0) - t0}
-            if decode:
-                out["decode"] = measured_completion(host, port, {**(watched or {}), "llama-server": proc.pid})
-                out["vm_hwm_bytes"] = vm_hwm(proc.pid)
-            return out
-        finally:
+        except BaseException:
             self.stop(proc)
+            raise
+        return proc, {"port": port, "health_s": t_health - t0, "server_start_s": (proc_start(proc.pid) or t0) - t0, "server_pid": proc.pid}
+
+    def run(self, port: int, *, timeout: float = 120) -> dict:
+        proc, out = self.up(port, timeout=timeout)
+        self.stop(proc)
+        return out
 
     def stop(self, proc: Proc) -> None:
         stop_process(proc)
@@ -496,19 +601,130 @@ def agent_log_lines(directory: Path, needle: str) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- decode
+
+
+def decode_pairs(args, sample, core: k8s.CoreV1Api, by_hand: ByHand, ports, host: str, watched: dict[str, int]) -> dict:
+    """Paired decode runs: a pod's server and a hand-started one both up (idle servers cost
+    nothing), one completion on each back to back, the order alternating (vnode first, then by
+    hand first), never both at once. Fresh servers every --decode-restart-every pairs so that
+    what differs between two starts of the same server is sampled too. Stops once
+    --decode-min-runs quiet pairs give a 95 % interval of the ratio narrower than
+    --decode-ci-width, or after --decode-runs pairs."""
+    pairs: list[dict] = []
+    vnode_runs: list[dict] = []
+    hand_runs: list[dict] = []
+    servers: list[dict] = []  # one entry per (pod, by-hand) couple of servers
+    profiles: dict | None = None
+    pod: tuple[PodWatch, dict] | None = None
+    hand: tuple[Proc, dict] | None = None
+    stop_reason = f"reached --decode-runs {args.decode_runs}"
+    width = args.decode_ci_width
+
+    def retire() -> None:
+        nonlocal pod, hand
+        if pod is not None:
+            info = pod[1]
+            info["vm_hwm_bytes"] = vm_hwm(info["server_pid"]) if info.get("server_pid") else None
+            pod_down(core, *pod)
+            servers[-1]["pod"] = info
+            pod = None
+        if hand is not None:
+            proc, info = hand
+            info["vm_hwm_bytes"] = vm_hwm(proc.pid)
+            by_hand.stop(proc)
+            servers[-1]["by_hand"] = info
+            hand = None
+
+    print(f"decode: up to {args.decode_runs} pairs (vnode, by hand) of {PROMPT['max_tokens']}-token completions, stopping once "
+          f"{args.decode_min_runs}+ quiet pairs give a 95 % interval narrower than {width * 100:.1f} % ...", flush=True)
+    try:
+        for i in range(args.decode_runs):
+            if i % max(1, args.decode_restart_every) == 0:
+                retire()
+                k = len(servers) + 1
+                servers.append({})
+                pod = pod_up(core, f"bench-decode-{k:02d}", next(ports), host)
+                hand = by_hand.up(next(ports))
+                pod_pid, hand_pid = pod[1]["server_pid"], hand[0].pid
+                if profiles is None and pod_pid:
+                    profiles = {"pod": process_profile(pod_pid), "by_hand": process_profile(hand_pid)}
+                    profiles["differences"] = profile_differences(profiles["pod"], profiles["by_hand"])
+                # One completion each before counting: the first one on a fresh server is not the steady state.
+                complete(host, pod[1]["port"])
+                complete(host, hand[1]["port"])
+            sides = {
+                "vnode": lambda: measured_completion(host, pod[1]["port"], {**watched, "llama-server": pod[1]["server_pid"],
+                                                                            **({"shim": pod[1]["shim_pid"]} if pod[1].get("shim_pid") else {})}),
+                "hand": lambda: measured_completion(host, hand[1]["port"], {**watched, "llama-server": hand[0].pid}),
+            }
+            order = ("vnode", "hand") if i % 2 == 0 else ("hand", "vnode")
+            pair: dict = {"i": i + 1, "servers": len(servers), "order": order}
+            for side in order:
+                pair[side] = sample(lambda f=sides[side]: {"decode": f()})
+            pairs.append(pair)
+            vnode_runs.append(pair["vnode"])
+            hand_runs.append(pair["hand"])
+            kept = quiet_pairs(pairs, FOREIGN_LIMIT, sides=("vnode", "hand"))
+            ci = paired_ratio_ci([p["vnode"]["decode"]["tokens_per_s"] for p in kept], [p["hand"]["decode"]["tokens_per_s"] for p in kept])
+            v, h = pair["vnode"], pair["hand"]
+            flag = "" if pair in kept else f"  (dropped: other load {max(v['foreign_cores'], h['foreign_cores']):.2f} core)"
+            interval = f"{ci['ratio']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}] width {ci['width'] * 100:.1f} %" if "width" in ci else "-"
+            print(f"  pair {i + 1:3d}: vnode {v['decode']['tokens_per_s']:5.1f}, by hand {h['decode']['tokens_per_s']:5.1f} tokens/s, "
+                  f"ratio {v['decode']['tokens_per_s'] / h['decode']['tokens_per_s']:.3f}{flag}; kept {len(kept)}: {interval}", flush=True)
+            if width > 0 and len(kept) >= args.decode_min_runs and settled(ci, width):
+                stop_reason = f"interval narrower than {width * 100:.1f} % after {i + 1} pairs ({len(kept)} kept)"
+                break
+    finally:
+        retire()
+    return {"pairs": pairs, "vnode_runs": vnode_runs, "by_hand_runs": hand_runs, "servers": servers,
+            "process_profiles": profiles, "stop_reason": stop_reason}
+
+
+def decode_statistics(pairs: list[dict]) -> dict:
+    """Paired ratios (vnode / by hand) of tokens/s and of server CPU-s per token, with 95 % intervals."""
+    def pick(ps: list[dict], key: str) -> tuple[list[float], list[float]]:
+        both = [p for p in ps if p["vnode"]["decode"].get(key) and p["hand"]["decode"].get(key)]
+        return [p["vnode"]["decode"][key] for p in both], [p["hand"]["decode"][key] for p in both]
+
+    out: dict = {}
+    for name, ps in (("all", pairs), ("quiet", quiet_pairs(pairs, FOREIGN_LIMIT, sides=("vnode", "hand")))):
+        tv, th = pick(ps, "tokens_per_s")
+        cv, ch = pick(ps, "server_cpu_s_per_token")
+        entry = {"pairs": len(ps), "tokens_per_s": paired_ratio_ci(tv, th), "cpu_s_per_token": paired_ratio_ci(cv, ch),
+                 "vnode_tokens_per_s": summary(tv), "by_hand_tokens_per_s": summary(th),
+                 "vnode_cpu_s_per_token": summary(cv), "by_hand_cpu_s_per_token": summary(ch)}
+        if len(tv) >= 2:
+            entry["tokens_per_s"]["bootstrap_lo"], entry["tokens_per_s"]["bootstrap_hi"] = paired_ratio_bootstrap(tv, th)
+        if len(cv) >= 2:
+            entry["cpu_s_per_token"]["bootstrap_lo"], entry["cpu_s_per_token"]["bootstrap_hi"] = paired_ratio_bootstrap(cv, ch)
+        out[name] = entry
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, help="cluster directory (default: a temporary one); its logs are kept, the model store copy and etcd data removed")
-    parser.add_argument("--runs", type=int, default=5, help="baseline start-ups, and decode runs per side")
+    parser.add_argument("--runs", type=int, default=5, help="baseline start-ups by hand (decode: see --decode-runs)")
     parser.add_argument("--pods", type=int, default=20, help="pods for the start-up overhead")
     parser.add_argument("--base-port", type=int, default=18000)
     parser.add_argument("--wait-quiet", type=float, default=30.0, metavar="S",
                         help="before each sample wait up to S s for other processes to use < 0.15 core (0: don't)")
     parser.add_argument("--wait-quiet-total", type=float, default=240.0, metavar="S",
                         help="stop waiting for quiet once S s were spent on it in this run")
+    parser.add_argument("--decode-runs", type=int, default=60, metavar="N",
+                        help="decode: at most N pairs (a completion through vnode and one by hand, back to back, order alternating)")
+    parser.add_argument("--decode-min-runs", type=int, default=8, metavar="N",
+                        help="decode: stop early once N quiet pairs give an interval narrower than --decode-ci-width")
+    parser.add_argument("--decode-ci-width", type=float, default=0.02, metavar="W",
+                        help="decode: target full width of the 95%% interval of the ratio, relative (0.02: about +-1%%); 0: run all pairs")
+    parser.add_argument("--decode-restart-every", type=int, default=10, metavar="K",
+                        help="decode: a fresh pod and a fresh by-hand server every K pairs (one warm-up completion each, not counted)")
+    parser.add_argument("--decode-wait-quiet-total", type=float, default=600.0, metavar="S",
+                        help="decode: like --wait-quiet-total, a budget of its own")
     args = parser.parse_args()
 
     directory = (args.dir or Path(tempfile.mkdtemp(prefix="vnode-bench-pods-"))).resolve()
@@ -539,12 +755,12 @@ def main() -> int:
         model = Path(warmup["model"])
         by_hand = ByHand(cluster, binary, model)
 
-        budget = {"spent": 0.0}
+        budget = {"spent": 0.0, "cap": args.wait_quiet_total}
 
         def sample(fn, *a, **kw) -> dict:
             # Other people's work on this machine shares its cores: measure the CPU used by anything
             # outside this script's process tree during the sample (foreign cores), note other clusters.
-            cap = min(args.wait_quiet, args.wait_quiet_total - budget["spent"])
+            cap = min(args.wait_quiet, budget["cap"] - budget["spent"])
             waited = wait_quiet(cap) if cap > 0 else 0.0
             budget["spent"] += waited
             before = foreign_activity(directory)
@@ -573,16 +789,10 @@ def main() -> int:
         base_median = statistics.median(b["health_s"] for b in baseline)
 
         noise["foreign"]["after_startup"] = foreign_activity(directory)
-        print(f"decode: {args.runs} completions per side, alternating ...", flush=True)
         watched = {"agent": agent.pid, **{p["name"]: p["pid"] for p in cluster.state.procs if p["name"] in ("kube-apiserver", "etcd")}}
-        decode_pods, decode_hand = [], []
-        for i in range(args.runs):
-            order = ("pod", "hand") if i % 2 == 0 else ("hand", "pod")
-            for side in order:
-                if side == "pod":
-                    decode_pods.append(sample(run_pod, core, f"bench-decode-{i + 1:02d}", next(ports), host, decode=True, watched=watched))
-                else:
-                    decode_hand.append(sample(by_hand.run, next(ports), decode=True, watched=watched))
+        budget["spent"], budget["cap"] = 0.0, args.decode_wait_quiet_total  # decode waits on a budget of its own
+        decode = decode_pairs(args, sample, core, by_hand, ports, host, watched)
+        decode_pods, decode_hand = decode["vnode_runs"], decode["by_hand_runs"]
 
         sidecar = sidecar_path(model)
         params = {"ctx_size": CTX, "parallel": AUTO_PARALLEL, "kv_unified": True}
@@ -639,8 +849,11 @@ def main() -> int:
     tps_pod = [d["decode"]["tokens_per_s"] for d in decode_pods]
     tps_hand = [d["decode"]["tokens_per_s"] for d in decode_hand]
     ratio = statistics.median(tps_pod) / statistics.median(tps_hand)
-    hwm_pod = [d["vm_hwm_bytes"] for d in decode_pods if d.get("vm_hwm_bytes")]
-    hwm_hand = [d["vm_hwm_bytes"] for d in decode_hand if d.get("vm_hwm_bytes")]
+    paired = decode_statistics(decode["pairs"])
+    decode_servers_pod = [c["pod"] for c in decode["servers"] if "pod" in c]
+    decode_servers_hand = [c["by_hand"] for c in decode["servers"] if "by_hand" in c]
+    hwm_pod = [d["vm_hwm_bytes"] for d in decode_servers_pod if d.get("vm_hwm_bytes")]
+    hwm_hand = [d["vm_hwm_bytes"] for d in decode_servers_hand if d.get("vm_hwm_bytes")]
     estimate = vnode_estimate or direct
     measured = statistics.median(hwm_pod)
     rel_error = (estimate["total_bytes"] - measured) / measured
@@ -653,7 +866,8 @@ def main() -> int:
         "elapsed_s": round(elapsed, 1),
         "llama_server": str(binary),
         "model": str(model),
-        "args": {"runs": args.runs, "pods": args.pods},
+        "args": {"runs": args.runs, "pods": args.pods, "decode_runs": args.decode_runs, "decode_min_runs": args.decode_min_runs,
+                 "decode_ci_width": args.decode_ci_width, "decode_restart_every": args.decode_restart_every},
         "startup": {
             "baseline_by_hand_s": summary([b["health_s"] for b in baseline]),
             "baseline_runs": baseline,
@@ -668,15 +882,21 @@ def main() -> int:
             "delete_to_gone_s": summary([p["delete_s"] for p in pods]),
             "warmup_pod": warmup,
             "pods": pods,
-            "by_hand_during_decode_s": summary([d["health_s"] for d in decode_hand]),
-            "pods_during_decode_health_s": summary([d["health_s"] for d in decode_pods]),
+            "by_hand_during_decode_s": summary([d["health_s"] for d in decode_servers_hand]),
+            "pods_during_decode_health_s": summary([d["health_s"] for d in decode_servers_pod]),
         },
         "decode": {
             "request": PROMPT,
             "source": decode_pods[0]["decode"]["source"],
             "vnode_tokens_per_s": summary(tps_pod),
             "by_hand_tokens_per_s": summary(tps_hand),
-            "ratio_vnode_over_by_hand": ratio,
+            "ratio_vnode_over_by_hand": ratio,  # of the medians, all runs (as before pairing)
+            "paired": paired,  # per-pair ratios, geometric mean and 95 % t-interval on log-ratios; "quiet": pairs kept
+            "foreign_limit_cores": FOREIGN_LIMIT,
+            "stop_reason": decode["stop_reason"],
+            "process_profiles": decode["process_profiles"],
+            "servers": decode["servers"],
+            "pairs": [{"i": p["i"], "servers": p["servers"], "order": p["order"]} for p in decode["pairs"]],
             "pod_runs": decode_pods,
             "by_hand_runs": decode_hand,
         },
@@ -751,22 +971,55 @@ def main() -> int:
     print(f"  warm-up pod (download + first estimate): POST -> llama-server forked {wm.get('server_start', float('nan')):.2f} s; "
           f"states {[(t, r) for t, r in warmup['reasons']]}")
     d = result["decode"]
-    print(f"decode, {PROMPT['max_tokens']} tokens at temperature 0 ({d['source']}), {args.runs} runs each, alternating:")
+    d = result["decode"]
+    npairs = len(decode["pairs"])
+    print(f"decode, {PROMPT['max_tokens']} tokens at temperature 0 ({d['source']}), {npairs} pairs (vnode, by hand) back to back, "
+          f"order alternating, servers restarted every {args.decode_restart_every} pairs; {d['stop_reason']}:")
     print(f"  through vnode  min {d['vnode_tokens_per_s']['min']:.2f}   median {d['vnode_tokens_per_s']['median']:.2f} tokens/s")
     print(f"  by hand        min {d['by_hand_tokens_per_s']['min']:.2f}   median {d['by_hand_tokens_per_s']['median']:.2f} tokens/s")
-    print(f"  ratio vnode/by-hand {ratio:.3f} vs target >= 0.99: {verdict(ratio, TARGETS['decode_ratio'], at_most=False)}")
+    print(f"  ratio of the medians, all runs {ratio:.3f}")
+
+    def ci_text(c: dict) -> str:
+        if "width" not in c:
+            return f"{c.get('ratio', float('nan')):.3f} (n {c['n']}: no interval)"
+        boot = f", bootstrap [{c['bootstrap_lo']:.3f}, {c['bootstrap_hi']:.3f}]" if "bootstrap_lo" in c else ""
+        return f"{c['ratio']:.3f}  95 % CI [{c['lo']:.3f}, {c['hi']:.3f}] width {c['width'] * 100:.1f} %{boot}"
+
+    for name, label in (("all", "all pairs"), ("quiet", f"quiet pairs (other load <= {FOREIGN_LIMIT} core on both sides)")):
+        e = paired[name]
+        print(f"  {label}: {e['pairs']} of {npairs}")
+        if e["pairs"]:
+            print(f"    tokens/s ratio vnode/by-hand (per pair, geometric mean)  {ci_text(e['tokens_per_s'])}")
+            print(f"    server CPU-s per token: vnode median {e['vnode_cpu_s_per_token'].get('median', float('nan')) * 1000:.2f} ms, "
+                  f"by hand {e['by_hand_cpu_s_per_token'].get('median', float('nan')) * 1000:.2f} ms; "
+                  f"ratio vnode/by-hand {ci_text(e['cpu_s_per_token'])}")
+    qe = paired["quiet"]
+    tq = qe["tokens_per_s"]
+    settled_q = args.decode_ci_width > 0 and settled(tq, args.decode_ci_width) and qe["pairs"] >= args.decode_min_runs
+    if "width" in tq:
+        print(f"  decode ratio (quiet pairs) {tq['ratio']:.3f} vs target >= 0.99: {verdict(tq['ratio'], TARGETS['decode_ratio'], at_most=False)}; "
+              f"interval {'excludes' if tq['hi'] < 1 or tq['lo'] > 1 else 'includes'} 1; lower bound {tq['lo']:.3f}")
+    if not settled_q:
+        print(f"  TOO NOISY: the machine did not allow the decode ratio to be settled: {qe['pairs']} of {npairs} pairs quiet, "
+              f"interval width {tq['width'] * 100:.1f} %" if "width" in tq else
+              f"  TOO NOISY: the machine did not allow the decode ratio to be settled: {qe['pairs']} of {npairs} pairs quiet, no interval",
+              end="")
+        print(f" (wanted < {args.decode_ci_width * 100:.1f} % from >= {args.decode_min_runs} quiet pairs); "
+              "run again on a quieter machine or with a larger --decode-runs")
+
     def runs_line(runs: list[dict]) -> str:
         return " ".join(f"{r['decode']['tokens_per_s']:.1f}{'*' if r.get('contended') else ''}" for r in runs)
 
     print(f"  per run, in order (* = other load on the machine): vnode [{runs_line(decode_pods)}]  by hand [{runs_line(decode_hand)}]")
-    q = result["quiet_only"]
-    if q.get("decode_ratio") is not None and (contended["decode vnode"] or contended["decode by hand"]):
-        print(f"  quiet runs only: vnode median {q['decode_vnode_tps']:.2f}, by hand {q['decode_by_hand_tps']:.2f} tokens/s, "
-              f"ratio {q['decode_ratio']:.3f} ({q['decode_n']} runs)")
     for side, runs in (("vnode", decode_pods), ("by hand", decode_hand)):
         keys = sorted({k for r in runs for k in r["decode"]["cpu_s"]})
         cpu = {k: statistics.median(r["decode"]["cpu_s"].get(k, 0.0) for r in runs) for k in keys}
         print(f"  CPU s during one completion, {side:7s} (median): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    prof = d["process_profiles"] or {}
+    diffs = prof.get("differences")
+    if diffs is not None:
+        print("  pod server vs by-hand server (args, env, nice, affinity, scheduler, cgroup, limits): "
+              + ("no differences" if not diffs else json.dumps(diffs)))
     m = result["memory"]
     mib = 2**20
     print(f"memory, ctx {CTX} x {AUTO_PARALLEL} slots unified (estimate from the {m['estimate_source']}):")

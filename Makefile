@@ -57,6 +57,7 @@ bench: binaries
 	$(PY) bench/kubelet_api.py
 	$(PY) bench/portforward.py
 	$(PY) bench/tooling.py
+	$(PY) bench/scale.py
 
 # The first `make demo` on empty caches, each step timed (30-60 minutes).
 bench-cold: $(VENV)/.installed

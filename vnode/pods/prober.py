@@ -131,13 +131,19 @@ class ContainerProber:
     def __init__(
         self, container: ContainerIn, *, host: str, session: aiohttp.ClientSession,
         on_change: Callable[[], None], on_unhealthy: Callable[[str, str], Awaitable[None]],
-        run_exec: RunExec | None = None, stats: ProbeRecorder | None = None,
+        run_exec: RunExec | None = None, stats: ProbeRecorder | None = None, resume: tuple[bool, bool] | None = None,
     ) -> None:
         self.container, self.host, self.session, self._run_exec = container, host, session, run_exec
         self._stats = stats
         self._on_change, self._on_unhealthy = on_change, on_unhealthy
         self.started = container.startup_probe is None
         self.ready = container.readiness_probe is None
+        if resume is not None:
+            # (ready, started) as the pod showed them for an adopted server (an agent restart):
+            # kept until the probes, with their thresholds, say otherwise; a started container
+            # is not startup-probed again.
+            self.started = self.started or resume[1]
+            self.ready = self.ready or (resume[0] and self.started)
         self.failed = asyncio.Event()  # startup or liveness gave up: restart the container
         self.failure = ""
         self._bugs = guarded.Failures("probe-attempt", logger=log)
@@ -162,7 +168,7 @@ class ContainerProber:
 
     async def run(self) -> None:
         c = self.container
-        if c.startup_probe is not None:
+        if c.startup_probe is not None and not self.started:
             if not await self._until(c.startup_probe, "Startup"):
                 return
             self.started = True

@@ -216,6 +216,7 @@ class StatusManager:
     RECONCILE_SECONDS) differs from what vnode wants, vnode's is written again."""
 
     RECONCILE_SECONDS = 10.0
+    WRITERS = 8  # status patches in flight at once, for different pods
 
     def __init__(self, api: KubeClient) -> None:
         self._api = api
@@ -301,6 +302,35 @@ class StatusManager:
             if self._flushed.get(uid) is event:
                 del self._flushed[uid]
 
+    async def _write(self, uid: str) -> str:
+        """Patch the status of one dirty pod; the problem, explained, if it failed."""
+        if uid not in self._wanted:
+            self._dirty.discard(uid)
+            return ""
+        ns, name, status = self._wanted[uid]
+        seen = self._seen.get(uid)
+        body = merged_for_write(status, seen[1] if seen else None, now=now_rfc3339())
+        try:
+            written = await self._api.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": body}, content_type=MERGE)
+        except ApiError as exc:
+            if exc.status == 404:
+                self.forget(uid)
+                return ""
+            log.debug("writing status of pod %s/%s failed: %s", ns, name, exc)
+            return explain(exc, server=self._api.server)
+        except Exception as exc:  # noqa: BLE001 - retried by run()
+            log.debug("writing status of pod %s/%s failed: %s", ns, name, exc)
+            return explain(exc, server=self._api.server)
+        self._written[uid] = status
+        meta = (written or {}).get("metadata") or {}
+        if uid in self._wanted and meta.get("uid") == uid:
+            self._seen[uid] = (meta.get("resourceVersion"), written.get("status") or {})
+        if self._wanted.get(uid, (None, None, None))[2] is status:
+            self._dirty.discard(uid)
+            if uid in self._flushed:
+                self._flushed[uid].set()
+        return ""
+
     async def run(self) -> None:
         backoff = Backoff(initial=0.5, cap=10.0)
         outage = Outage(log, "writing pod status")
@@ -312,36 +342,19 @@ class StatusManager:
                 for uid in list(self._wanted):  # the periodic sync: catch what no event showed
                     self._check(uid)
             self._wake.clear()
-            failed = ""  # one line per problem, not one per pod and attempt
-            for uid in list(self._dirty):
-                if uid not in self._wanted:
-                    self._dirty.discard(uid)
-                    continue
-                ns, name, status = self._wanted[uid]
-                seen = self._seen.get(uid)
-                body = merged_for_write(status, seen[1] if seen else None, now=now_rfc3339())
-                try:
-                    written = await self._api.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": body}, content_type=MERGE)
-                except ApiError as exc:
-                    if exc.status == 404:
-                        self.forget(uid)
-                        continue
-                    failed = explain(exc, server=self._api.server)
-                    log.debug("writing status of pod %s/%s failed: %s", ns, name, exc)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - retried below
-                    failed = explain(exc, server=self._api.server)
-                    log.debug("writing status of pod %s/%s failed: %s", ns, name, exc)
-                    continue
+            # Up to WRITERS pods at once (one request per pod at a time): 100 pods starting
+            # together each want Running, then Ready, and one patch after the other put Ready
+            # of the last ones ~2 s behind their servers (bench/scale.py).
+            gate = asyncio.Semaphore(self.WRITERS)
+
+            async def write(uid: str) -> str:
+                async with gate:
+                    return await self._write(uid)
+
+            results = await asyncio.gather(*(write(uid) for uid in list(self._dirty)))
+            failed = next((r for r in results if r), "")  # one line per problem, not one per pod and attempt
+            if not failed:
                 outage.recovered()
-                self._written[uid] = status
-                meta = (written or {}).get("metadata") or {}
-                if uid in self._wanted and meta.get("uid") == uid:
-                    self._seen[uid] = (meta.get("resourceVersion"), written.get("status") or {})
-                if self._wanted.get(uid, (None, None, None))[2] is status:
-                    self._dirty.discard(uid)
-                    if uid in self._flushed:
-                        self._flushed[uid].set()
             if failed:
                 delay = backoff.next_delay()
                 outage.failed(failed, retry_in=delay)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from vnode.pods.probe_stats import ProbeStats
 from vnode.pods.prober import ContainerProber, ProbeSpecError, run_command, validate_probes
 from vnode.pods.status import EVICTED, ContainerView, StatusManager, now_rfc3339, pod_status
 from vnode.provider import logs
-from vnode.provider.estimate import EstimateError, estimate_in_subprocess
+from vnode.provider.estimate import EstimateError, MemoryEstimate, estimate_in_subprocess
 from vnode.provider.models import ModelError, ModelStore
 from vnode.provider.spec import ContainerIn, LaunchSpec, PodSpecIn
 from vnode.provider.supervisor import ExitInfo, Instance, Supervisor
@@ -211,6 +213,7 @@ class PodWorker:
             if container.name in previous:
                 view.restart_count = int(previous[container.name].get("restartCount") or 0)
                 view.last_state = previous[container.name].get("lastState") or {}
+                _resume_view(view, previous[container.name], self.adopted.get(container.name), self.ctx.supervisor)
             self.views[container.name] = view
         if spec.init_containers:
             self.failed = ("UnsupportedInitContainers", "initContainers are not supported on the Mac node yet; "
@@ -286,6 +289,10 @@ class ContainerRunner:
         self.launch: LaunchSpec | None = None
         self.prober: ContainerProber | None = None
         self._posting: set[asyncio.Task] = set()  # download-progress Events still being posted
+        # An adopted server the pod showed running (this instance): its status stays as it was
+        # while the runner prepares and until a probe says otherwise, so an agent restart
+        # neither flips the pod to ContainerCreating nor takes it out of its Services.
+        self._resume = adopted is not None and "running" in self.view.state and self.view.container_id == adopted.container_id
 
     @property
     def ctx(self) -> PodContext:
@@ -339,7 +346,7 @@ class ContainerRunner:
         self.ctx.ports.claim(launch.port, pod_uid=w.uid, pod_ref=w.ref, probe_socket=not adopted_alive)
         if launch.model is not None and not adopted_alive:
             await self._admit_from_header(launch)
-        model_path = await self._model(launch)
+        model_path = await self._model(launch, quiet=self._resume)
         if model_path is not None:
             try:
                 estimate = await estimate_in_subprocess(model_path, **_estimate_params(launch))
@@ -354,21 +361,22 @@ class ContainerRunner:
         fetched with Range requests, is enough for the estimate (AdmissionError
         InsufficientMemory). Without a header the estimate waits for the download."""
         assert launch.model is not None
-        got = await self.ctx.models.header(launch.model, token=launch.hf_token)
-        if got is None:
+        # Pods created together ask for the same model at once: one header fetch and one
+        # estimate serve them all (not a Python child per pod, twice).
+        key = json.dumps([launch.model.model_dump(), _token_id(launch.hf_token), _estimate_params(launch)], sort_keys=True, default=str)
+        flight = _header_estimates.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(_estimate_from_header(self.ctx.models, launch))
+            _header_estimates[key] = flight
+            flight.add_done_callback(lambda t: _header_estimates.pop(key, None) if _header_estimates.get(key) is t else None)
+        estimate = await asyncio.shield(flight)  # one pod deleted meanwhile does not cancel the others' estimate
+        if estimate is None:
             return
-        head, total = got
-        try:
-            estimate = await estimate_in_subprocess(head, model_bytes=total, use_cache=False, **_estimate_params(launch))
-        except EstimateError:
-            return  # the download and the estimate of the whole file say what is wrong
-        finally:
-            await asyncio.to_thread(head.unlink, missing_ok=True)
         self.ctx.budget.reserve((self.w.uid, self.c.name), _held(launch, estimate.total_bytes),
                                 what=f"container {self.c.name} ({estimate.describe()}{_cache_ram(launch)}; estimated from the "
                                      "model's header, before downloading it)")
 
-    async def _model(self, launch: LaunchSpec) -> Path | None:
+    async def _model(self, launch: LaunchSpec, *, quiet: bool = False) -> Path | None:
         if launch.model is None:
             return None
         delay = BACKOFF_INITIAL
@@ -393,13 +401,15 @@ class ContainerRunner:
 
         while True:
             try:
-                self._waiting("PullingModel", f"resolving {describe_source(launch)}")
+                if not quiet:
+                    self._waiting("PullingModel", f"resolving {describe_source(launch)}")
                 started = time.monotonic()
                 path = await self.ctx.models.ensure(launch.model, token=launch.hf_token, on_progress=progress)
                 took = time.monotonic() - started
                 if took > 1.0:
                     await self.w.event("Normal", "PulledModel", f"Model {path.name} is in the store ({took:.0f}s)", container=self.c.name)
-                self._waiting("ContainerCreating")
+                if not quiet:
+                    self._waiting("ContainerCreating")
                 return path
             except ModelError as exc:
                 if exc.reason in ("ModelNotFound", "InvalidModelPath", "OfflineMissing"):
@@ -416,8 +426,10 @@ class ContainerRunner:
         while True:
             inst = self.adopted
             self.adopted = None
+            resume = False
             if inst is not None and sup.shim_alive(inst):
                 log.info("adopted %s container %s (pid %d)", self.w.ref, self.c.name, inst.shim_pid)
+                resume = self._resume
             elif inst is not None:
                 if sup.orphaned(inst):
                     # Its shim died while no agent was watching, its server did not: nobody
@@ -433,6 +445,7 @@ class ContainerRunner:
                     return
                 self.view.restart_count = max(self.view.restart_count, inst.instance + 1)
                 inst = None
+            self._resume = False
             if inst is None:
                 inst = await sup.start(launch, model_path=model_path, instance=self.view.restart_count)
                 await self.w.event("Normal", "Started", f"Started container {self.c.name} (pid {inst.shim_pid})", container=self.c.name)
@@ -440,7 +453,7 @@ class ContainerRunner:
             self.view.state = {"running": {"startedAt": inst.started_rfc3339()}}
             self.view.container_id = inst.container_id
             started_mono = time.monotonic()
-            exit_info = await self._run_instance(inst)
+            exit_info = await self._run_instance(inst, resume=resume)
             self._terminated(inst, exit_info)
             if not self._should_restart(exit_info):
                 self._final()
@@ -457,14 +470,14 @@ class ContainerRunner:
                 await asyncio.sleep(delay)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _run_instance(self, inst: Instance) -> ExitInfo:
+    async def _run_instance(self, inst: Instance, *, resume: bool = False) -> ExitInfo:
         sup = self.ctx.supervisor
         run_exec = None
         if self.ctx.allow_exec_probes and self.launch is not None:
             run_exec = functools.partial(run_command, cwd=self.launch.workdir, env=command_env(self.launch, self.w.pod["metadata"]["name"]))
         prober = ContainerProber(
             self.c, host=self.ctx.pod_ip, session=self.ctx.http, on_change=self._probe_changed,
-            on_unhealthy=self._unhealthy, run_exec=run_exec,
+            on_unhealthy=self._unhealthy, run_exec=run_exec, resume=(self.view.ready, self.view.started) if resume else None,
             stats=self.ctx.probe_stats.recorder(self.w.pod, self.c.name) if self.ctx.probe_stats else None,
         )
         self.prober = prober
@@ -560,6 +573,43 @@ class ContainerRunner:
         log.info("container %s/%s drained in %.1fs%s", self.w.ref, self.c.name, result.waited,
                  f" ({result.detail})" if result.detail else "")
         return result.waited
+
+
+def _resume_view(view: ContainerView, previous: dict, adopted: Instance | None, supervisor: Supervisor) -> None:
+    """A container whose server an earlier agent started and that still runs keeps the
+    state, readiness and start its pod showed for that very instance (its containerID)."""
+    if adopted is None or previous.get("containerID") != adopted.container_id or not supervisor.shim_alive(adopted):
+        return
+    state = previous.get("state") or {}
+    if "running" not in state:
+        return
+    view.state = {"running": dict(state["running"])}
+    view.container_id = adopted.container_id
+    view.ready = bool(previous.get("ready"))
+    view.started = bool(previous.get("started"))
+
+
+_header_estimates: dict[str, asyncio.Future] = {}  # header fetches + estimates under way, by model and parameters
+
+
+def _token_id(token: str | None) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:12] if token else ""
+
+
+async def _estimate_from_header(models: ModelStore, launch: LaunchSpec) -> MemoryEstimate | None:
+    """The memory estimate from the GGUF header alone (fetched with Range requests), or
+    None when there is no header to be had (the estimate then waits for the download)."""
+    assert launch.model is not None
+    got = await models.header(launch.model, token=launch.hf_token)
+    if got is None:
+        return None
+    head, total = got
+    try:
+        return await estimate_in_subprocess(head, model_bytes=total, use_cache=False, **_estimate_params(launch))
+    except EstimateError:
+        return None  # the download and the estimate of the whole file say what is wrong
+    finally:
+        await asyncio.to_thread(head.unlink, missing_ok=True)
 
 
 def _termination(inst: Instance, exit_info: ExitInfo) -> dict:

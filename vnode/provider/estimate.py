@@ -664,11 +664,34 @@ async def estimate_in_subprocess(
     except OSError as exc:
         raise EstimateError("InvalidModel", f"model file {path} cannot be read: {exc.strerror or exc}") from None
     key = json.dumps({**resolved, "model_bytes": model_bytes} if model_bytes is not None else resolved, sort_keys=True)
-    if use_cache:
-        cached = _cache_read(path, stat, key)
-        if cached is not None:
-            return cached
+    if not use_cache:
+        return await _estimate_child(path, resolved, extra, python=python, timeout=timeout)
+    cached = _cache_read(path, stat, key)
+    if cached is not None:
+        return cached
+    # Pods that arrive together (a Deployment scaled to 100 on one node) ask for the same
+    # estimate at once: one child answers them all, instead of one Python process each.
+    flight = (str(path), stat.st_size, stat.st_mtime_ns, key, python)
+    task = _in_flight.get(flight)
+    if task is None:
+        task = asyncio.ensure_future(_estimate_child(path, resolved, extra, python=python, timeout=timeout))
+        _in_flight[flight] = task
 
+        def landed(t: asyncio.Future, flight: tuple = flight) -> None:
+            if _in_flight.get(flight) is t:
+                del _in_flight[flight]
+            if not t.cancelled() and t.exception() is None:  # the exception goes to the callers awaiting it
+                _cache_write(path, stat, key, t.result())
+
+        task.add_done_callback(landed)
+    # shield: one caller cancelled (its pod deleted) does not cancel the others' estimate
+    return await asyncio.shield(task)
+
+
+_in_flight: dict[tuple, asyncio.Future] = {}  # estimates being made, shared by their callers
+
+
+async def _estimate_child(path: Path, resolved: dict[str, Any], extra: list[str], *, python: str, timeout: float) -> MemoryEstimate:
     proc = await asyncio.create_subprocess_exec(
         python, "-m", "vnode.provider.estimate", *_cli_args(path, resolved), *extra,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -692,10 +715,7 @@ async def estimate_in_subprocess(
             "EstimateFailed",
             f"the estimate helper for {path.name} exited with {proc.returncode}: {' | '.join(tail) or 'no output'}",
         )
-    estimate = MemoryEstimate.model_validate(result)
-    if use_cache:
-        _cache_write(path, stat, key, estimate)
-    return estimate
+    return MemoryEstimate.model_validate(result)
 
 
 # --------------------------------------------------------------------------- CLI

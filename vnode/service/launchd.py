@@ -20,6 +20,9 @@ DAEMON_USER = "_vnode"
 PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 THROTTLE_SECONDS = 10  # a bad setting exits 2 at once: launchd waits this long between starts
 EXIT_TIMEOUT_SECONDS = 60  # SIGTERM, then SIGKILL after this: pods drain and get their grace period
+# launchd's default of 256 open files would stop vnode near 500 pods (about half a file per pod
+# measured, bench/scale.py): as the kubelet's unit files, a limit no pod count reaches.
+OPEN_FILES = 65536
 REQUIRED_KEYS = ("Label", "ProgramArguments", "RunAtLoad", "KeepAlive", "ThrottleInterval", "WorkingDirectory",
                  "StandardOutPath", "StandardErrorPath")
 
@@ -81,6 +84,8 @@ def render(layout: Layout, program: list[str], *, user: str | None = None) -> by
         "StandardOutPath": str(layout.log_dir / "vnode.log"),
         "StandardErrorPath": str(layout.log_dir / "vnode.log"),
         "EnvironmentVariables": {"PATH": PATH},
+        "SoftResourceLimits": {"NumberOfFiles": OPEN_FILES},
+        "HardResourceLimits": {"NumberOfFiles": OPEN_FILES},
     }
     if layout.system:
         job["UserName"] = user or DAEMON_USER

@@ -30,6 +30,7 @@ def test_agent_job_round_trips_with_the_required_keys():
     assert job["KeepAlive"] == {"SuccessfulExit": False}, "restarted after a failure, not after a clean stop"
     assert job["ThrottleInterval"] >= 10 and job["ExitTimeOut"] >= 30
     assert job["WorkingDirectory"] == "/Users/a/.local/state/vnode"
+    assert job["SoftResourceLimits"]["NumberOfFiles"] >= 4096, "launchd's 256 would stop vnode near 500 pods"
     assert job["StandardOutPath"] == job["StandardErrorPath"] == "/Users/a/Library/Logs/vnode/vnode.log"
     assert "UserName" not in job
     assert problems(render(AGENT, PROGRAM)) == []

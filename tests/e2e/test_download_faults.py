@@ -135,4 +135,5 @@ def test_a_disk_filling_up_during_a_download_is_a_clear_reason(cluster, slow_hub
     finally:
         agents.stop_all()
         cluster.kubectl("delete", "node", name, check=False)
+        cluster.stop_pod_servers(name)  # their records live on the tmpfs, gone with it
         subprocess.run(["umount", "-l", str(state)], check=False)

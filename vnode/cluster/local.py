@@ -149,9 +149,21 @@ class LocalCluster:
             return
         for record in reversed(state.procs):
             processes.stop(Proc.from_dict(record))
-        # Servers outlive their agent on purpose (an agent restart must not stop them), so
-        # the cluster's teardown stops them itself, from the agents' own records.
-        for record in sorted(self.dir.glob("agents/*/pods/*/containers/*/state.json")):
+        self.stop_pod_servers()
+        for extra in state.hosts.values():
+            netns_mod.destroy(netns_mod.HostNetns(**extra))
+        netns_mod.destroy(state.host)
+        state.procs = []
+        state.save()
+        (self.dir / "state.json").unlink(missing_ok=True)
+        self.state = None
+
+    def stop_pod_servers(self, node: str = "*") -> None:
+        """Stop the pod servers of `node`'s agent (all agents by default) from the agents' own
+        records. Servers outlive their agent on purpose (an agent restart must not stop
+        them), so a teardown stops them itself; a test that removes an agent's state
+        directory calls this first."""
+        for record in sorted(self.dir.glob(f"agents/{node}/pods/*/containers/*/state.json")):
             try:
                 data = json.loads(record.read_text())
                 server = Proc(name=f"server {data['pod_name']}", pid=int(data["shim_pid"]),
@@ -165,13 +177,6 @@ class LocalCluster:
                 if orphan is not None:
                     processes.stop(Proc(name=f"server {data['pod_name']}", pid=orphan.pid, create_time=orphan.create_time(),
                                         log=str(data["log_path"]), cmd=[]))
-        for extra in state.hosts.values():
-            netns_mod.destroy(netns_mod.HostNetns(**extra))
-        netns_mod.destroy(state.host)
-        state.procs = []
-        state.save()
-        (self.dir / "state.json").unlink(missing_ok=True)
-        self.state = None
 
     # -- the pieces ----------------------------------------------------------------------
     def _start(self, bins: Binaries, host: netns_mod.HostNetns, *, timeout: float) -> None:

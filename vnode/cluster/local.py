@@ -373,6 +373,22 @@ class LocalCluster:
         return next(Proc.from_dict(p) for p in self.state.procs if p["name"] == name)
 
     # -- for users and tests -------------------------------------------------------------
+    def start_again(self, name: str, *, timeout: float = 60.0) -> Proc:
+        """Start a control-plane process that died (or was killed) with its own command line,
+        and wait until the API server answers /readyz: the outage tests' "it came back"."""
+        assert self.state is not None
+        old = self._proc(name)
+        processes.stop(old)  # nothing, if it is gone already
+        proc = processes.start(name, old.cmd, log=Path(old.log))
+        self.state.procs = [proc.to_dict() if p["name"] == name else p for p in self.state.procs]
+        self.state.save()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0:
+                return proc
+            time.sleep(0.2)
+        raise ClusterError(f"{name} did not become ready within {timeout:.0f}s after a restart; see {old.log}")
+
     def kubectl(self, *args: str, kubeconfig: Path | None = None, check: bool = True, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
         assert self.state is not None, "cluster is not up"
         cmd = [self.state.kubectl, f"--kubeconfig={kubeconfig or self.state.admin_kubeconfig}", *args]

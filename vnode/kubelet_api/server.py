@@ -47,7 +47,28 @@ def tls_context(*, cert_file: Path, key_file: Path, client_ca_file: Path | None)
     return ctx
 
 
+class _Trouble:
+    """One log line when reviews start failing and one when they work again, not one per
+    request: metrics-server alone asks every 15 s for as long as the API server is away."""
+
+    def __init__(self) -> None:
+        self.failing: str | None = None
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        if self.failing is None:
+            log.warning("%s failed: %s; requests that need it get 503 until the API server answers again", what,
+                        str(exc) or type(exc).__name__)  # a timeout says nothing itself
+        self.failing = what
+
+    def worked(self) -> None:
+        if self.failing is not None:
+            log.info("%s works again", self.failing)
+            self.failing = None
+
+
 def _middleware(authn: Authenticator, authz: Authorizer, *, anonymous: bool):
+    trouble = _Trouble()
+
     @web.middleware
     async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         user = None
@@ -59,7 +80,7 @@ def _middleware(authn: Authenticator, authz: Authorizer, *, anonymous: bool):
             try:
                 user = await authn.token(header[7:].strip())
             except Exception as exc:  # noqa: BLE001 - the API server may be away: not the client's fault
-                log.warning("TokenReview failed: %s", str(exc) or type(exc).__name__)  # a timeout says nothing itself
+                trouble.failed("TokenReview", exc)
                 return status_response(503, "cannot verify the token now: the API server is unreachable")
         if user is None:
             if not anonymous:
@@ -68,8 +89,9 @@ def _middleware(authn: Authenticator, authz: Authorizer, *, anonymous: bool):
         try:
             ok, verb, sub = await authz.authorize(user, method=request.method, path=request.path)
         except Exception as exc:  # noqa: BLE001
-            log.warning("SubjectAccessReview failed: %s", str(exc) or type(exc).__name__)
+            trouble.failed("SubjectAccessReview", exc)
             return status_response(503, "cannot authorize the request now: the API server is unreachable")
+        trouble.worked()
         if not ok:
             return status_response(
                 403, f"Forbidden (user={user.name}, verb={verb}, resource=nodes, subresource(s)=[{sub}])"

@@ -55,6 +55,7 @@ class Reflector:
         self._delay = 0.0
         self._deadline: asyncio.Timeout | None = None  # of the watch under way, for restart()
         self._restarting = False
+        self._wake = asyncio.Event()  # restart() while waiting out a back-off: try now
         self._short_and_empty = False
         self._failures = Failures(f"{what.split()[0]}-watch", logger=log)
 
@@ -62,6 +63,7 @@ class Reflector:
         """Drop the watch connection and watch again from the last resourceVersion: after an
         outage it may hang on a connection that no longer carries anything (HTTP/1.1 has no
         pings to notice), while the new watch replays what changed meanwhile."""
+        self._wake.set()  # a watch waiting out its back-off (the API server was away) goes now
         if self._deadline is not None:
             self._restarting = True
             self._deadline.reschedule(asyncio.get_running_loop().time())
@@ -77,6 +79,7 @@ class Reflector:
     async def run(self) -> None:
         backoff = Backoff(initial=0.5, cap=30.0)
         while True:
+            self._wake.clear()
             try:
                 if self.resource_version is None:
                     self.lists += 1
@@ -95,7 +98,7 @@ class Reflector:
                     self._deadline, self._restarting = None, False
                 if self._short_and_empty:  # as client-go's "very short watch": not a reason to spin
                     self._failed(ConnectionError("the watch ended at once without an event"), backoff)
-                    await asyncio.sleep(self._delay)
+                    await self._pause(backoff)
                     continue
                 backoff.reset()  # the server ended the watch: go on from where it stopped
             except ApiError as exc:
@@ -104,14 +107,24 @@ class Reflector:
                     self.resource_version = None
                     continue
                 self._failed(exc, backoff)
-                await asyncio.sleep(self._delay)
+                await self._pause(backoff)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - network trouble: watch again from the same version
                 if isinstance(exc, PROGRAMMING_ERRORS):
                     self._failures.report(exc, what=f"watching {self.what}")  # a bug: its traceback once, and counted
                 self._failed(exc, backoff)
-                await asyncio.sleep(self._delay)
+                await self._pause(backoff)
+
+    async def _pause(self, backoff: Backoff) -> None:
+        """The back-off delay, cut short by restart() (the Lease got through again: the API
+        server is back, and a watch that waits out up to 30 s more would keep pod status stale)."""
+        try:
+            async with asyncio.timeout(self._delay):
+                await self._wake.wait()
+            backoff.reset()
+        except TimeoutError:
+            pass
 
     def _failed(self, exc: BaseException, backoff: Backoff) -> None:
         if self._failing_since is None:

@@ -59,9 +59,10 @@ from kubernetes import watch as k8s_watch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support import hfserver  # noqa: E402
 from bench.stats import paired_ratio_bootstrap, paired_ratio_ci, quiet_pairs, settled  # noqa: E402
 from vnode.cluster.build import ensure_llama_server  # noqa: E402
-from vnode.cluster.local import LocalCluster, free_port  # noqa: E402
+from vnode.cluster.local import LocalCluster  # noqa: E402
 from vnode.cluster.processes import Proc  # noqa: E402
 from vnode.cluster.processes import start as start_process  # noqa: E402
 from vnode.cluster.processes import stop as stop_process  # noqa: E402
@@ -488,35 +489,16 @@ class ByHand:
 
 
 def start_hub(cluster: LocalCluster, gemma: Path) -> tuple[Proc, str]:
+    """The local hub serving Gemma, recorded with the cluster's processes (its down() stops it)."""
     state = cluster.state
-    host = state.host.root_ip
-    port = free_port(host)
-    repo_dir = Path(state.directory) / "hub" / REPO
-    repo_dir.mkdir(parents=True, exist_ok=True)
-    (repo_dir / FILE).unlink(missing_ok=True)
-    (repo_dir / FILE).symlink_to(gemma)
-    proc = start_process(
-        "hfserver", [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port), "--repo", f"{REPO}={repo_dir}"],
-        log=Path(state.directory) / "logs" / "hfserver.log", env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
-    )
+    try:
+        proc, url = hfserver.start_hub(Path(state.directory) / "hub", state.host.root_ip, {REPO: (FILE, gemma)},
+                                       log=Path(state.directory) / "logs" / "hfserver.log")
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     state.procs.append(proc.to_dict())
     state.save()
-    url = f"http://{host}:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        conn = http.client.HTTPConnection(host, port, timeout=2)
-        try:
-            conn.request("GET", f"/api/models/{REPO}")
-            if conn.getresponse().status == 200:
-                return proc, url
-        except (OSError, http.client.HTTPException):
-            pass
-        finally:
-            conn.close()
-        if not proc.alive():
-            break
-        time.sleep(0.2)
-    raise SystemExit(f"hub server did not come up; see {proc.log}")
+    return proc, url
 
 
 def node_ready(core: k8s.CoreV1Api, name: str = NODE) -> bool:

@@ -26,7 +26,6 @@ The phases are functions the e2e test (tests/e2e/test_scale.py) runs at a smalle
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
@@ -48,9 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vnode.cluster.local import LocalCluster, free_port  # noqa: E402
+from tests.support import hfserver  # noqa: E402
+from vnode.cluster.local import LocalCluster  # noqa: E402
 from vnode.cluster.processes import Proc  # noqa: E402
-from vnode.cluster.processes import start as start_process  # noqa: E402
 from vnode.cluster.processes import stop as stop_process  # noqa: E402
 from vnode.provider.tinymodel import write_tiny_model  # noqa: E402
 
@@ -94,33 +93,12 @@ def summary(values: list[float]) -> dict:
 def start_hub(cluster: LocalCluster) -> tuple[Proc, str]:
     """The local hub serving the tiny model as REPO:Q8_0, bound on the control plane's side."""
     state = cluster.state
-    host = state.host.root_ip
-    port = free_port(host)
-    repo_dir = Path(state.directory) / "hub" / REPO
-    write_tiny_model(repo_dir / FILE)
-    proc = start_process(
-        "hfserver", [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port), "--repo", f"{REPO}={repo_dir}"],
-        log=Path(state.directory) / "logs" / "hfserver-scale.log", env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
-    )
+    model = write_tiny_model(Path(state.directory) / "models-src" / FILE)
+    proc, url = hfserver.start_hub(Path(state.directory) / "hub", state.host.root_ip, {REPO: (FILE, model)},
+                                   log=Path(state.directory) / "logs" / "hfserver-scale.log")
     state.procs.append(proc.to_dict())
     state.save()
-    url = f"http://{host}:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        conn = http.client.HTTPConnection(host, port, timeout=2)
-        try:
-            conn.request("GET", f"/api/models/{REPO}")
-            if conn.getresponse().status == 200:
-                return proc, url
-        except (OSError, http.client.HTTPException):
-            pass
-        finally:
-            conn.close()
-        if not proc.alive():
-            break
-        time.sleep(0.2)
-    stop_process(proc)
-    raise RuntimeError(f"hub server did not come up; see {proc.log}")
+    return proc, url
 
 
 def agent_args(hub_url: str, binary: Path, pods: int) -> list[str]:

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +37,8 @@ import yaml
 
 from tests.conformance import report, rewrite, specs
 from vnode.cluster import build
-from vnode.cluster.local import LocalCluster, free_port
-from vnode.cluster.processes import start as start_process
+from tests.support.hfserver import start_hub
+from vnode.cluster.local import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "vnode-conformance"
@@ -106,22 +105,12 @@ class Harness:
 
     def _start_hub(self) -> str:
         assert self.cluster.state is not None
-        host = self.cluster.state.host.root_ip
-        port = free_port(host)
-        repo_dir = self.dir / "hub" / REPO
-        repo_dir.mkdir(parents=True, exist_ok=True)
-        (repo_dir / FILE).unlink(missing_ok=True)
-        (repo_dir / FILE).symlink_to(gemma_file())
-        proc = start_process(
-            "hfserver", [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port), "--repo", f"{REPO}={repo_dir}"],
-            log=self.dir / "logs" / "hfserver.log", env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
-        )
+        proc, url = start_hub(self.dir / "hub", self.cluster.state.host.root_ip, {REPO: (FILE, gemma_file())},
+                              log=self.dir / "logs" / "hfserver.log")
         # Recorded with the cluster's processes, so its down() (also `vnode cluster down`
         # after --keep) stops the hub too.
         self.cluster.state.procs.append(proc.to_dict())
         self.cluster.state.save()
-        url = f"http://{host}:{port}"
-        self._wait(lambda: urllib.request.urlopen(f"{url}/api/models/{REPO}", timeout=2).status == 200, 30, "the model hub")
         return url
 
     def _node_ready(self) -> bool:

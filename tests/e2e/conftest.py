@@ -11,9 +11,7 @@ import contextlib
 import json
 import os
 import re
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,9 +19,9 @@ import pytest
 
 from vnode.cluster import pki
 from vnode.cluster.build import ensure_llama_server
-from vnode.cluster.local import LocalCluster, free_port, write_kubeconfig
+from vnode.cluster.local import LocalCluster, write_kubeconfig
 from vnode.cluster.processes import Proc, stop
-from vnode.cluster.processes import start as start_process
+from tests.support.hfserver import start_hub
 
 NODE = "vnode-e2e"
 # The models the local hub (tests/support/hfserver.py, fixture `hub`) serves: the real Gemma
@@ -206,27 +204,10 @@ def gemma() -> Path:
 
 @pytest.fixture(scope="module")
 def hub(cluster, gemma):
-    host = cluster.state.host.root_ip
-    port = free_port(host)
-    repo_dir = Path(cluster.state.directory) / "hub" / REPO
-    repo_dir.mkdir(parents=True, exist_ok=True)
-    (repo_dir / FILE).unlink(missing_ok=True)
-    (repo_dir / FILE).symlink_to(gemma)
-    bad_dir = Path(cluster.state.directory) / "hub" / CORRUPT_REPO
-    bad_dir.mkdir(parents=True, exist_ok=True)
-    (bad_dir / CORRUPT_FILE).unlink(missing_ok=True)
-    (bad_dir / CORRUPT_FILE).symlink_to(gemma)
-    gated_dir = Path(cluster.state.directory) / "hub" / GATED_REPO
-    gated_dir.mkdir(parents=True, exist_ok=True)
-    (gated_dir / GATED_FILE).unlink(missing_ok=True)
-    (gated_dir / GATED_FILE).symlink_to(gemma)
-    proc = start_process(
-        "hfserver", [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port), "--repo", f"{REPO}={repo_dir}",
-                     "--repo", f"{CORRUPT_REPO}={bad_dir}", "--corrupt", CORRUPT_FILE,
-                     "--repo", f"{GATED_REPO}={gated_dir}", "--gated", f"{GATED_REPO}={GATED_TOKEN}"],
-        log=Path(cluster.state.directory) / "logs" / "hfserver.log", env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
-    )
-    url = f"http://{host}:{port}"
-    wait_for(lambda: urllib.request.urlopen(f"{url}/api/models/{REPO}", timeout=2).status == 200, timeout=30, what="hub server")
+    directory = Path(cluster.state.directory)
+    proc, url = start_hub(
+        directory / "hub", cluster.state.host.root_ip,
+        {REPO: (FILE, gemma), CORRUPT_REPO: (CORRUPT_FILE, gemma), GATED_REPO: (GATED_FILE, gemma)},
+        args=["--corrupt", CORRUPT_FILE, "--gated", f"{GATED_REPO}={GATED_TOKEN}"], log=directory / "logs" / "hfserver.log")
     yield url
     stop(proc)

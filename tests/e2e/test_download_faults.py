@@ -10,17 +10,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from vnode.cluster.build import ensure_llama_server
-from vnode.cluster.local import free_port
-from vnode.cluster.processes import start as start_process
+from tests.support.hfserver import start_hub
 from vnode.cluster.processes import stop
 
-from .conftest import FILE, REPO, ROOT, Agents, condition, namespace, node_json, node_ready, wait_for
+from .conftest import FILE, REPO, Agents, condition, namespace, node_json, node_ready, wait_for
 from .test_pods import apply, deployment, pod_ready, pods, waiting_reason
 
 THROTTLE = 20_000_000  # bytes/s: the 253 MB model takes ~13 s
@@ -28,20 +26,10 @@ THROTTLE = 20_000_000  # bytes/s: the 253 MB model takes ~13 s
 
 @pytest.fixture
 def slow_hub(cluster, gemma):
-    host = cluster.state.host.root_ip
-    port = free_port(host)
-    repo_dir = Path(cluster.state.directory) / "slowhub" / REPO
-    repo_dir.mkdir(parents=True, exist_ok=True)
-    (repo_dir / FILE).unlink(missing_ok=True)
-    (repo_dir / FILE).symlink_to(gemma)
-    log = Path(cluster.state.directory) / "logs" / f"slowhub-{port}.log"
-    proc = start_process("slowhub", [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port),
-                                     "--repo", f"{REPO}={repo_dir}", "--throttle", str(THROTTLE)],
-                         log=log, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
-    import urllib.request
-
-    url = f"http://{host}:{port}"
-    wait_for(lambda: urllib.request.urlopen(f"{url}/api/models/{REPO}", timeout=2).status == 200, timeout=30, what="hub")
+    directory = Path(cluster.state.directory)
+    log = directory / "logs" / "slowhub.log"
+    proc, url = start_hub(directory / "slowhub", cluster.state.host.root_ip, {REPO: (FILE, gemma)},
+                          args=["--throttle", str(THROTTLE)], name="slowhub", log=log)
     yield url, log
     stop(proc)
 

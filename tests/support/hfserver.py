@@ -367,6 +367,46 @@ async def _serve(server: HubServer) -> None:
         await server.stop()
 
 
+def start_hub(directory: Path, host: str, files: Mapping[str, tuple[str, Path]], *, log: Path,
+              args: Iterable[str] = (), name: str = "hfserver", timeout: float = 30.0):
+    """This module as a process of its own on `host` (a test cluster's address), serving
+    each repo of `files` ({repo: (file name, path)}) from a directory under `directory` that
+    links to the file; extra command-line `args` for the knobs (--corrupt, --gated,
+    --throttle). Returns (Proc, URL) once the hub answers; the caller stops the Proc. Shared
+    by the e2e fixtures, the conformance runner and the benchmarks."""
+    import sys
+    import time
+    import urllib.request
+
+    from vnode.cluster.local import free_port
+    from vnode.cluster.processes import start, stop
+
+    repo_args: list[str] = []
+    for repo, (filename, path) in files.items():
+        repo_dir = directory / repo
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        link = repo_dir / filename
+        if link.resolve() != Path(path).resolve():
+            link.unlink(missing_ok=True)
+            link.symlink_to(path)
+        repo_args += ["--repo", f"{repo}={repo_dir}"]
+    port = free_port(host)
+    root = Path(__file__).resolve().parents[2]
+    proc = start(name, [sys.executable, "-m", "tests.support.hfserver", "--host", host, "--port", str(port), *repo_args, *args],
+                 log=log, env={**os.environ, "PYTHONPATH": str(root)}, cwd=root)
+    url = f"http://{host}:{port}"
+    first = next(iter(files))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.alive():
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{url}/api/models/{first}", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, url
+        time.sleep(0.2)
+    stop(proc)
+    raise RuntimeError(f"the hub server did not come up within {timeout:.0f}s; see {log}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.support.hfserver", description=__doc__)
     parser.add_argument("--repo", action="append", default=[], help="org/name=PATH (a file, or a directory of files); repeatable")

@@ -22,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -214,36 +215,48 @@ def ensure_go_component(component: GoComponent, *, root: Path | None = None) -> 
     """The directory holding the component's binaries, building them if not cached."""
     root = root or cache_dir()
     target = root / "bin" / f"{component.name}-{component.version}"
+
+    def build(work: Path, out: Path, env: dict[str, str], log: Path) -> None:
+        _run(
+            ["go", "build", "-v", "-trimpath", "-ldflags", component.ldflags(), "-o", str(out) + "/", *component.packages],
+            cwd=work, env=env, log=log, what=f"go build {component.name}",
+        )
+        for built, wanted in component.rename:
+            (out / built).rename(out / wanted)
+
+    _build_go_module(component.name, component.version, target, root=root, gomod=component.gomod, build=build)
+    return target
+
+
+def _build_go_module(name: str, version: str, target: Path, *, root: Path, gomod: str,
+                     build: Callable[[Path, Path, dict[str, str], Path], None]) -> None:
+    """Build into `target` unless a finished build is there: under a lock (a concurrent
+    caller waits and then reuses it), in a work directory holding the wrapper module
+    `gomod`, with the flags every build here shares (CGO_ENABLED=0, -mod=readonly);
+    `build(work, out, env, log)` fills `out`, which is published whole or not at all."""
     if _finished(target):
-        return target
+        return
     if shutil.which("go") is None:
-        raise BuildError(f"building {component.name} needs Go (1.25 or newer) on PATH")
-    with _locked(root / "locks" / f"{component.name}.lock"):
+        raise BuildError(f"building {name} needs Go (1.25 or newer) on PATH")
+    with _locked(root / "locks" / f"{name}.lock"):
         if _finished(target):
-            return target
+            return
         started = time.monotonic()
-        _say(f"building {component.name} {component.version} from Go modules (once; cached in {target})")
-        work = Path(tempfile.mkdtemp(prefix=f"build-{component.name}-", dir=root))
+        _say(f"building {name} {version} from Go modules (once; cached in {target})")
+        work = Path(tempfile.mkdtemp(prefix=f"build-{name}-", dir=root))
         try:
-            src = resources.files("vnode.cluster") / "gomod" / component.gomod
-            for name in ("go.mod", "go.sum"):
-                (work / name).write_bytes((src / name).read_bytes())
+            for file, data in _gomod_files(gomod).items():
+                (work / file).write_bytes(data)
             out = work / "out"
             out.mkdir()
             env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly")
-            log = root / "logs" / f"build-{component.name}-{component.version}.log"
+            log = root / "logs" / f"build-{name}-{version}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            _run(
-                ["go", "build", "-v", "-trimpath", "-ldflags", component.ldflags(), "-o", str(out) + "/", *component.packages],
-                cwd=work, env=env, log=log, what=f"go build {component.name}",
-            )
-            for built, wanted in component.rename:
-                (out / built).rename(out / wanted)
-            _publish(out, target, stamp=component.version)
+            build(work, out, env, log)
+            _publish(out, target, stamp=version)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        _say(f"built {component.name} in {time.monotonic() - started:.0f}s")
-    return target
+        _say(f"built {name} in {time.monotonic() - started:.0f}s")
 
 
 def llama_server_recipe() -> str:
@@ -457,44 +470,25 @@ def ensure_go_test_suite(suite: GoTestSuite, *, root: Path | None = None) -> Pat
     and cached only after a smoke run (listing its tests) succeeds."""
     root = root or cache_dir()
     target = go_test_suite_dir(suite, root)
-    binary = target / suite.name
-    if _finished(target):
-        return binary
-    if shutil.which("go") is None:
-        raise BuildError(f"building {suite.name} needs Go (1.25 or newer) on PATH")
-    with _locked(root / "locks" / f"{suite.name}.lock"):
-        if _finished(target):
-            return binary
-        started = time.monotonic()
-        _say(f"building {suite.name} {suite.version} from Go modules (once; cached in {target})")
-        work = Path(tempfile.mkdtemp(prefix=f"build-{suite.name}-", dir=root))
-        try:
-            for name, data in _gomod_files(suite.gomod).items():
-                (work / name).write_bytes(data)
-            out = work / "out"
-            out.mkdir()
-            env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly")
-            log = root / "logs" / f"build-{suite.name}-{suite.version}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            # `go test -c` names no package as it compiles, so the suite's dependencies are
-            # compiled first by `go build -v` (a progress line per package, same flags, so
-            # the cache entries are the ones `go test -c` then uses), and it only links.
-            listed = subprocess.run(
-                ["go", "list", "-deps", "-test", "-f", "{{if and (not .Standard) (not .ForTest) (ne .Name \"main\")}}{{.ImportPath}}{{end}}",
-                 suite.package], cwd=work, env=env, capture_output=True, text=True)
-            if listed.returncode != 0:
-                raise BuildError(f"`go list -deps -test {suite.package}` failed: {listed.stderr.strip()[-2000:]}")
-            deps = [line for line in listed.stdout.split() if line and not line.startswith("vnode.local/")]
-            if deps:
-                _run(["go", "build", "-v", "-trimpath", *deps], cwd=work, env=env, log=log, what=f"go build {suite.name} dependencies")
-            _run(["go", "test", "-c", "-trimpath", "-ldflags", suite.ldflags(), "-o", str(out / suite.name), suite.package],
-                 cwd=work, env=env, log=log, what=f"go test -c {suite.name}")
-            _smoke_suite(out / suite.name, suite, log=log)
-            _publish(out, target, stamp=suite.version)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        _say(f"built {suite.name} in {time.monotonic() - started:.0f}s")
-    return binary
+
+    def build(work: Path, out: Path, env: dict[str, str], log: Path) -> None:
+        # `go test -c` names no package as it compiles, so the suite's dependencies are
+        # compiled first by `go build -v` (a progress line per package, same flags, so
+        # the cache entries are the ones `go test -c` then uses), and it only links.
+        listed = subprocess.run(
+            ["go", "list", "-deps", "-test", "-f", "{{if and (not .Standard) (not .ForTest) (ne .Name \"main\")}}{{.ImportPath}}{{end}}",
+             suite.package], cwd=work, env=env, capture_output=True, text=True)
+        if listed.returncode != 0:
+            raise BuildError(f"`go list -deps -test {suite.package}` failed: {listed.stderr.strip()[-2000:]}")
+        deps = [line for line in listed.stdout.split() if line and not line.startswith("vnode.local/")]
+        if deps:
+            _run(["go", "build", "-v", "-trimpath", *deps], cwd=work, env=env, log=log, what=f"go build {suite.name} dependencies")
+        _run(["go", "test", "-c", "-trimpath", "-ldflags", suite.ldflags(), "-o", str(out / suite.name), suite.package],
+             cwd=work, env=env, log=log, what=f"go test -c {suite.name}")
+        _smoke_suite(out / suite.name, suite, log=log)
+
+    _build_go_module(suite.name, suite.version, target, root=root, gomod=suite.gomod, build=build)
+    return target / suite.name
 
 
 def _smoke_suite(binary: Path, suite: GoTestSuite, *, log: Path) -> None:

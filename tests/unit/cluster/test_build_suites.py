@@ -94,3 +94,16 @@ def test_a_binary_failing_its_smoke_run_is_not_cached(tmp_path, fake_go, monkeyp
         build.ensure_go_test_suite(build.VIRTUAL_KUBELET_E2E, root=root)
     assert build.cached_go_test_suite(build.VIRTUAL_KUBELET_E2E, root) is None
     assert not (root / "bin").exists() or not any((root / "bin").iterdir())
+
+
+def test_a_component_builds_once_with_the_shared_flags(tmp_path, fake_go):
+    """ensure_go_component goes through the same build path as the suites: one `go build`
+    with the component's ldflags, the wrapper module in place, cached after it."""
+    component = build.GoComponent("demo", "v9.9.9", "kubernetes", ("example.com/cmd/demo",))
+    root = tmp_path / "cache"
+    target = build.ensure_go_component(component, root=root)
+    assert target == root / "bin" / "demo-v9.9.9" and build._finished(target)
+    [call] = fake_go.read_text().splitlines()
+    assert call.startswith("build -v -trimpath -ldflags ") and call.endswith(" example.com/cmd/demo")
+    assert build.ensure_go_component(component, root=root) == target
+    assert len(fake_go.read_text().splitlines()) == 1, "cached: nothing built again"
